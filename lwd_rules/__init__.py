@@ -1,0 +1,27 @@
+"""lwd-rules: declarative layer-wise lr decay and weight-decay rules → optimizer parameter groups."""
+
+from lwd_rules.errors import Location, PluginError, Problem, RuleError
+from lwd_rules.hookspecs import hookimpl
+from lwd_rules.orchestrator import LwdRulesWarning, build_optimizer, create_optimizer, resolve
+from lwd_rules.plan import ParamRow, Plan
+from lwd_rules.rules.load import load_rules
+from lwd_rules.rules.ruleset import RuleSet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Location",
+    "LwdRulesWarning",
+    "ParamRow",
+    "Plan",
+    "PluginError",
+    "Problem",
+    "RuleError",
+    "RuleSet",
+    "__version__",
+    "build_optimizer",
+    "create_optimizer",
+    "hookimpl",
+    "load_rules",
+    "resolve",
+]

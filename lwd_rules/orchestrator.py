@@ -1,0 +1,375 @@
+"""``resolve()`` and ``create_optimizer()``: the only place that wires rules, plugins and model together."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from lwd_rules import scaling
+from lwd_rules.errors import Location, Problem, RuleError
+from lwd_rules.grouping import Grouper, Settings
+from lwd_rules.identify import DEFAULT, LayerIdentifier, canonical_name, count_variables
+from lwd_rules.plan import Convention, ParamRow, Plan, Skipped
+from lwd_rules.rules.load import Source, extend, load_rules, rebase
+from lwd_rules.rules.ruleset import RuleSet
+
+if TYPE_CHECKING:
+    import torch
+
+    from lwd_rules.plugins import Registry
+
+MAX_LISTED = 10
+
+
+class LwdRulesWarning(UserWarning):
+    """A coverage problem the rules chose to report as a warning instead of an error."""
+
+
+def resolve(
+    model: torch.nn.Module,
+    source: Source | None = None,
+    *,
+    layer_decay: float | None = None,
+    weight_decay: float | None = None,
+    lr: float | None = None,
+    registry: Registry | None = None,
+) -> Plan:
+    """Assign every trainable parameter of ``model`` a layer id, lr scale, weight decay and group.
+
+    ``source`` is a rule-file path, a registered rule-set name, a dict shaped like a rule file, or a
+    ``RuleSet``; None (or rules that say nothing about layers) lets ``lwd_detect`` pick the rule set.
+    ``layer_decay``/``weight_decay``/``lr`` override ``layer_decay.rate``/``weight_decay.value``/``optimizer.lr``.
+    """
+    registry = registry or _default_registry()
+    rules = load_rules({} if source is None else source, lookup=registry.rule_set)
+    shortcuts = _shortcuts(layer_decay, weight_decay, lr)
+    if shortcuts:
+        rules = extend(rules, shortcuts, "<keyword arguments>")
+    if not rules.maps_layers:
+        rules = rebase(rules, _detect(model, registry), lookup=registry.rule_set)
+    return _Resolver(model, rules, registry).run()
+
+
+def _default_registry() -> Registry:
+    from lwd_rules.plugins import get_registry
+
+    return get_registry()
+
+
+def _shortcuts(layer_decay: float | None, weight_decay: float | None, lr: float | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if layer_decay is not None:
+        out["layer_decay"] = {"rate": layer_decay}
+    if weight_decay is not None:
+        out["weight_decay"] = {"value": weight_decay}
+    if lr is not None:
+        out["optimizer"] = {"lr": lr}
+    return out
+
+
+def _detect(model: Any, registry: Registry) -> str:
+    name = registry.detect(model)
+    if name is not None:
+        return name
+    installed = ", ".join(p.name for p in registry.plugins()) or "none"
+    raise RuleError.single(
+        Location("<rules>"),
+        "extends",
+        f"no plugin recognizes {type(model).__name__}; set 'extends' or 'layers' (installed plugins: {installed})",
+    )
+
+
+def unwrap(model: Any) -> Any:
+    """The module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None or not hasattr(inner, "named_parameters"):
+            break
+        model = inner
+    return model
+
+
+class _Resolver:
+    """One resolve: collects problems instead of stopping at the first."""
+
+    def __init__(self, model: Any, rules: RuleSet, registry: Registry) -> None:
+        self.model = model
+        self.rules = rules
+        self.registry = registry
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+        self.top = rules.chain[-1][0].locate(())
+
+    def report(self, mode: str | None, problem: Problem) -> None:
+        if mode == "ignore":
+            return
+        if mode == "warn":
+            self.warnings.append(str(problem))
+            warnings.warn(str(problem), LwdRulesWarning, stacklevel=4)
+        else:
+            self.problems.append(problem)
+
+    def fail_if_problems(self) -> None:
+        if self.problems:
+            raise RuleError(self.problems)
+
+    def run(self) -> Plan:
+        rules, config = self.rules, self.rules.config
+        named = [(canonical_name(name, rules.strip_components), name, p) for name, p in self.model.named_parameters()]
+        self._check_collisions(named)
+        env = self._variables(named)
+        if rules.num_layers is not None:
+            env["num_layers"] = self._num_layers(env)
+        identifier = LayerIdentifier(rules.rules, rules.default, env)
+        trainable = [(canon, name, p) for canon, name, p in named if p.requires_grad]
+        ids: list[int] = []
+        sources: list[int] = []
+        unmatched: list[str] = []
+        for canon, _, _ in trainable:
+            found = identifier.identify(canon)
+            if found is None:
+                unmatched.append(canon)
+                ids.append(0)
+                sources.append(DEFAULT)
+            else:
+                ids.append(found[0])
+                sources.append(found[1])
+        if unmatched:
+            where = rules.rules[0].origin if rules.rules else self.top
+            self.problems.append(Problem(where, "layers.default", f"{len(unmatched)} parameter(s) match no rule and layers.default is not set: {_listing(unmatched)}"))
+        self.fail_if_problems()
+        num_layers = env.setdefault("num_layers", max(max(ids, default=1) - 1, 0))
+        self._check_range(trainable, ids, sources, num_layers)
+        raw_scales = self._scales(num_layers)
+        decay = config.layer_decay
+        scales = scaling.clamp(raw_scales, decay.min_scale)
+        no_wd = self._model_no_weight_decay()
+        base_wd = config.weight_decay.value or 0.0
+        exclusions = rules.exclusions
+        excl_used = [False] * len(exclusions)
+        overrides = rules.overrides
+        override_used = [False] * len(overrides)
+        grouper = Grouper()
+        rule_labels = {index: _label(rule.origin, rule.path) for index, rule in enumerate(rules.rules)}
+        if rules.default is not None:
+            rule_labels[DEFAULT] = _label(rules.default.origin, rules.default.path)
+        rows: list[tuple[str, int, float, float, int, str, int, int]] = []
+        skipped = [Skipped(name, "requires_grad is False") for canon, name, p in named if not p.requires_grad]
+        conflicts: dict[tuple[int, int, str], list[str]] = {}
+        for (canon, name, param), layer_id, source in zip(trainable, ids, sources):
+            if decay.below_min == "freeze" and raw_scales[layer_id] < decay.min_scale:
+                skipped.append(Skipped(name, f"scale {raw_scales[layer_id]:.3g} of layer {layer_id} is below min_scale"))
+                continue
+            ndim = param.ndim
+            wd = base_wd
+            if canon in no_wd:
+                wd = 0.0
+            else:
+                for index, exclusion in enumerate(exclusions):
+                    if exclusion.test(canon, ndim):
+                        excl_used[index] = True
+                        wd = 0.0
+                        break
+            lr_scale = scales[layer_id]
+            frozen = False
+            if overrides:
+                lr_scale, wd, frozen = self._apply_overrides(canon, lr_scale, wd, override_used, conflicts)
+            if frozen:
+                skipped.append(Skipped(name, "frozen by an override"))
+                continue
+            group = grouper.add(param, Settings(lr_scale, wd), layer_id)
+            rows.append((name, layer_id, lr_scale, wd, group, rule_labels[source], param.numel(), ndim))
+        self._report_unused(named, identifier.used, excl_used, override_used)
+        self._report_conflicts(conflicts)
+        self.fail_if_problems()
+        groups = grouper.param_groups()
+        params = [ParamRow(n, i, s, w, groups[g]["group_name"], r, numel, nd) for n, i, s, w, g, r, numel, nd in rows]
+        return Plan(
+            rules=rules,
+            num_layers=num_layers,
+            scales=tuple(scales),
+            param_groups=groups,
+            params=params,
+            skipped=skipped,
+            variables={k: v for k, v in env.items()},
+            warnings=self.warnings,
+            lr=config.optimizer.lr,
+        )
+
+    def _check_collisions(self, named: list[tuple[str, str, Any]]) -> None:
+        seen: dict[str, str] = {}
+        for canon, name, _ in named:
+            other = seen.setdefault(canon, name)
+            if other != name:
+                self.problems.append(Problem(self.top, "names.strip_components", f"{other!r} and {name!r} both become {canon!r} once wrapper components are removed"))
+        self.fail_if_problems()
+
+    def _variables(self, named: list[tuple[str, str, Any]]) -> dict[str, Any]:
+        rules = self.rules
+        env: dict[str, Any] = {}
+        if rules.config.layers.variables:
+            env.update(self.registry.layer_variables(self.model, rules.name or ""))
+            missing = [v for v in rules.config.layers.variables if v not in env]
+            if missing:
+                where = rules.chain[-1][0]
+                location = next((raw.locate(("layers", "variables")) for raw, _ in reversed(rules.chain) if "variables" in raw.data.get("layers", {})), where.locate(()))
+                self.problems.append(Problem(location, "layers.variables", f"no plugin provided {', '.join(map(repr, missing))} for rule set {rules.name!r} and {type(self.model).__name__}"))
+        if rules.counts:
+            env.update(count_variables(rules.counts, (canon for canon, _, _ in named)))
+        self.fail_if_problems()
+        return env
+
+    def _num_layers(self, env: dict[str, Any]) -> int:
+        located = self.rules.num_layers
+        assert located is not None
+        value = LayerIdentifier._evaluate(located.formula, env, located.path, located.origin)
+        if value < 0:
+            raise RuleError.single(located.origin, located.path, f"num_layers must be >= 0, got {value}")
+        return value
+
+    def _check_range(self, trainable: list[tuple[str, str, Any]], ids: list[int], sources: list[int], num_layers: int) -> None:
+        bad: dict[int, list[str]] = {}
+        for (canon, _, _), layer_id, source in zip(trainable, ids, sources):
+            if not 0 <= layer_id <= num_layers + 1:
+                bad.setdefault(source, []).append(f"{canon} -> {layer_id}")
+        for source, names in bad.items():
+            rule = self.rules.rules[source] if source != DEFAULT else None
+            origin, path = (rule.origin, rule.path + ".layer") if rule else (self.rules.default.origin, "layers.default")  # type: ignore[union-attr]
+            self.problems.append(Problem(origin, path, f"layer ids must lie in 0..{num_layers + 1} (num_layers + 1): {_listing(names)}"))
+        self.fail_if_problems()
+
+    def _scales(self, num_layers: int) -> list[float]:
+        decay = self.rules.config.layer_decay
+        try:
+            return scaling.layer_scales(num_layers, rate=decay.rate or 1.0, curve=decay.curve, values=decay.values)
+        except ValueError as exc:
+            origin = next((raw.locate(("layer_decay", "values")) for raw, _ in reversed(self.rules.chain) if "values" in raw.data.get("layer_decay", {})), self.top)
+            raise RuleError.single(origin, "layer_decay.values", str(exc)) from None
+
+    def _model_no_weight_decay(self) -> frozenset[str]:
+        if not self.rules.config.weight_decay.use_model_no_weight_decay:
+            return frozenset()
+        inner = unwrap(self.model)
+        method = getattr(inner, "no_weight_decay", None)
+        names: Iterable[str] = method() if callable(method) else ()
+        return frozenset(canonical_name(n, self.rules.strip_components) for n in names)
+
+    def _apply_overrides(self, canon: str, lr_scale: float, wd: float, used: list[bool], conflicts: dict[tuple[int, int, str], list[str]]) -> tuple[float, float, bool]:
+        mult = 1.0
+        frozen = False
+        set_by: dict[str, tuple[int, float]] = {}
+        for index, override in enumerate(self.rules.overrides):
+            if override.pattern.search(canon) is None:
+                continue
+            used[index] = True
+            for field, value in (("lr_mult", override.lr_mult), ("weight_decay", override.weight_decay)):
+                if value is None:
+                    continue
+                earlier = set_by.get(field)
+                if earlier is not None and earlier[1] != value:
+                    conflicts.setdefault((earlier[0], index, field), []).append(canon)
+                set_by[field] = (index, value)
+            frozen = frozen or override.freeze
+        if "lr_mult" in set_by:
+            mult = set_by["lr_mult"][1]
+        if "weight_decay" in set_by:
+            wd = set_by["weight_decay"][1]
+        return lr_scale * mult, wd, frozen
+
+    def _report_unused(self, named: list[tuple[str, str, Any]], rules_used: list[bool], excl_used: list[bool], override_used: list[bool]) -> None:
+        mode = self.rules.config.checks.unused_patterns
+        names = [canon for canon, _, _ in named]
+        ndims = [p.ndim for _, _, p in named]
+        for rule, used in zip(self.rules.rules, rules_used):
+            if not used and not rule.allow_unused and not any(rule.pattern.search(n) for n in names):
+                self.report(mode, Problem(rule.origin, rule.path + ".match", f"regex {rule.pattern.pattern!r} matches no parameter (set allow_unused: true to keep it)"))
+        for exclusion, used in zip(self.rules.exclusions, excl_used):
+            if not used and not exclusion.allow_unused and not any(exclusion.test(n, d) for n, d in zip(names, ndims)):
+                self.report(mode, Problem(exclusion.origin, exclusion.path, f"{exclusion.text!r} matches no parameter"))
+        for override, used in zip(self.rules.overrides, override_used):
+            if not used and not override.allow_unused and not any(override.pattern.search(n) for n in names):
+                self.report(mode, Problem(override.origin, override.path + ".match", f"regex {override.pattern.pattern!r} matches no parameter (set allow_unused: true to keep it)"))
+
+    def _report_conflicts(self, conflicts: Mapping[tuple[int, int, str], list[str]]) -> None:
+        mode = self.rules.config.checks.override_conflicts
+        for (first, second, field), names in conflicts.items():
+            a, b = self.rules.overrides[first], self.rules.overrides[second]
+            self.report(mode, Problem(b.origin, f"{b.path}.{field}", f"conflicts with {a.path} ({a.origin}) on {_listing(names)}"))
+
+
+def _label(origin: Location, path: str) -> str:
+    """``file:line`` of a rule, or ``<dict>:layers.rules[2]`` when it has no line."""
+    return str(origin) if origin.line is not None else f"{origin.file}:{path}"
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+def create_optimizer(
+    model: torch.nn.Module,
+    source: Source | None = None,
+    *,
+    lr: float | None = None,
+    optimizer: str | None = None,
+    layer_decay: float | None = None,
+    weight_decay: float | None = None,
+    convention: Convention = "torch",
+    registry: Registry | None = None,
+    **optimizer_kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Resolve ``model`` against the rules and build the optimizer by name from timm's registry.
+
+    The name and keyword arguments come from the rules' ``optimizer`` section, overridden by
+    ``optimizer=`` and ``**optimizer_kwargs``. Each group starts at ``lr × lr_scale``; see
+    ``Plan.optimizer_groups`` for ``convention``.
+    """
+    plan = resolve(model, source, layer_decay=layer_decay, weight_decay=weight_decay, lr=lr, registry=registry)
+    return build_optimizer(plan, optimizer=optimizer, convention=convention, **optimizer_kwargs)
+
+
+def build_optimizer(plan: Plan, *, optimizer: str | None = None, convention: Convention = "torch", **optimizer_kwargs: Any) -> torch.optim.Optimizer:
+    """The optimizer for an existing plan (see ``create_optimizer``)."""
+    config = plan.rules.config.optimizer
+    name = optimizer or config.name or "adamw"
+    kwargs = {**(config.model_extra or {}), **optimizer_kwargs}
+    if plan.lr is None:
+        raise RuleError.single(Location("<arguments>"), "optimizer.lr", "no learning rate: pass lr= or set optimizer.lr in the rules")
+    opt_class = _optimizer_class(name)
+    _check_kwargs(name, opt_class, kwargs)
+    return opt_class(plan.optimizer_groups(plan.lr, convention), lr=plan.lr, **kwargs)
+
+
+def optimizer_names() -> list[str]:
+    """Every optimizer name timm's registry knows."""
+    import timm.optim
+
+    return sorted(timm.optim.list_optimizers())
+
+
+def _optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    import timm.optim
+
+    try:
+        return timm.optim.get_optimizer_class(name, bind_defaults=True)  # type: ignore[return-value]
+    except (ValueError, KeyError):
+        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(optimizer_names())}") from None
+
+
+def _check_kwargs(name: str, opt_class: Any, kwargs: Mapping[str, Any]) -> None:
+    target = getattr(opt_class, "func", opt_class)
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [p for p in parameters if p not in ("self", "params")]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise ValueError(f"optimizer {name!r} does not accept {', '.join(map(repr, unknown))}; its options: {', '.join(accepted)}")

@@ -1,0 +1,82 @@
+"""The result of ``resolve()``: ordered optimizer groups and one row per trainable parameter."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lwd_rules.rules.ruleset import RuleSet
+
+Convention = Literal["torch", "timm"]
+SCALE_KEY = {"torch": "lwd_lr_scale", "timm": "lr_scale"}
+
+
+@dataclass(frozen=True, slots=True)
+class ParamRow:
+    """One trainable parameter: where it landed and why."""
+
+    name: str
+    layer_id: int
+    lr_scale: float
+    weight_decay: float
+    group: str
+    rule: str
+    numel: int
+    ndim: int
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A parameter left out of the optimizer, and why (frozen, an override's freeze, below min_scale)."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class Plan:
+    """Everything ``resolve()`` decided; ``param_groups`` feed ``torch.optim``, ``params`` explain them."""
+
+    rules: RuleSet
+    num_layers: int
+    scales: tuple[float, ...]
+    param_groups: list[dict[str, Any]]
+    params: list[ParamRow]
+    skipped: list[Skipped]
+    variables: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    lr: float | None = None
+
+    def fingerprint(self) -> str:
+        """A stable hash of the rules and of every parameter's assignment (same on every rank)."""
+        payload = {
+            "rules": self.rules.data,
+            "groups": [[g["group_name"], repr(g["lr_scale"]), repr(g["weight_decay"])] for g in self.param_groups],
+            "params": [[r.name, r.layer_id, repr(r.lr_scale), repr(r.weight_decay), r.group] for r in self.params],
+        }
+        text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def optimizer_groups(self, lr: float, convention: Convention = "torch") -> list[dict[str, Any]]:
+        """Groups ready for an optimizer constructor, each starting at ``lr × lr_scale``.
+
+        ``torch``: the scale is stored as ``lwd_lr_scale``, so torch, Hugging Face and timm
+        schedulers all schedule each group from its own (already scaled) initial lr.
+        ``timm``: the scale is stored as ``lr_scale`` and ``initial_lr`` is the base lr, for timm
+        schedulers and the reference loop ``group["lr"] = schedule[it] * group["lr_scale"]``;
+        torch schedulers would then ignore the scale.
+        """
+        key = SCALE_KEY[convention]
+        out = []
+        for group in self.param_groups:
+            scale = group["lr_scale"]
+            entry = {k: v for k, v in group.items() if k != "lr_scale"}
+            entry["params"] = list(group["params"])
+            entry[key] = scale
+            entry["lr"] = lr * scale
+            if convention == "timm":
+                entry["initial_lr"] = lr
+            out.append(entry)
+        return out

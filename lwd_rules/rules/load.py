@@ -1,0 +1,373 @@
+"""Load rule sets from files, dicts or registered names; follow ``extends``; validate and compile."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from lwd_rules.errors import Location, Problem, RuleError
+from lwd_rules.expr import FUNCTIONS, FormulaError, parse_formula
+from lwd_rules.rules import ruleset as rs
+from lwd_rules.rules.schema import WRAPPER_COMPONENTS, RuleFile
+from lwd_rules.rules.source import SUFFIXES, FieldPath, RawRules, read_rule_file
+
+MAX_EXTENDS_DEPTH = 32
+DICT_FILE = "<dict>"
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A rule set a plugin registered: a rule-file path or a dict, and who provided it."""
+
+    name: str
+    source: Path | Mapping[str, Any]
+    plugin: str | None = None
+    version: str | None = None
+
+
+Lookup = Callable[[str], "Registered | None"]
+Source = Union["rs.RuleSet", Mapping[str, Any], str, Path]
+
+
+def default_lookup(name: str) -> Registered | None:
+    """Find a rule set registered by an installed plugin (loads plugins on first use)."""
+    from lwd_rules.plugins import get_registry
+
+    return get_registry().rule_set(name)
+
+
+def registered_names() -> list[str]:
+    """Names of every registered rule set (for "did you mean" hints)."""
+    from lwd_rules.plugins import get_registry
+
+    return sorted(get_registry().rule_sets())
+
+
+def load_rules(source: Source, *, lookup: Lookup | None = None) -> rs.RuleSet:
+    """Load a rule set from a path, a registered name, a dict shaped like a rule file, or a ``RuleSet``."""
+    if isinstance(source, rs.RuleSet):
+        return source
+    chain = _load_chain(source, lookup or default_lookup, stack=())
+    return build(chain)
+
+
+def extend(rules: rs.RuleSet, data: Mapping[str, Any], label: str) -> rs.RuleSet:
+    """``rules`` with one more layer of settings on top (keyword shortcuts, a detected base...)."""
+    raw = RawRules(_plain_dict(data), label, {})
+    return build(rules.chain + ((raw, rs.Provenance(file=label)),))
+
+
+def rebase(rules: rs.RuleSet, base: str | Path, *, lookup: Lookup | None = None) -> rs.RuleSet:
+    """``rules`` as if it had started with ``extends: base`` (used when ``lwd_detect`` picks the base)."""
+    base_chain = _load_chain(base, lookup or default_lookup, stack=())
+    return build(base_chain + rules.chain)
+
+
+def _plain_dict(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {str(k): (_plain_dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+
+
+def _is_path_like(text: str) -> bool:
+    return Path(text).suffix.lower() in SUFFIXES or "/" in text or "\\" in text
+
+
+Chain = tuple[tuple[RawRules, "rs.Provenance"], ...]
+
+
+def _load_chain(source: Mapping[str, Any] | str | Path, lookup: Lookup, stack: tuple[str, ...], *, base_dir: Path | None = None, at: Location | None = None) -> Chain:
+    """The raw layers of ``source`` and everything it extends, base first."""
+    raw, provenance = _read_one(source, lookup, base_dir=base_dir, at=at)
+    key = provenance.name or raw.file
+    if key in stack:
+        cycle = " -> ".join(stack[stack.index(key):] + (key,))
+        raise RuleError.single(at or raw.locate(("extends",)), "extends", f"extends cycle: {cycle}")
+    if len(stack) >= MAX_EXTENDS_DEPTH:
+        raise RuleError.single(raw.locate(("extends",)), "extends", f"extends chain deeper than {MAX_EXTENDS_DEPTH}")
+    parent = raw.data.get("extends")
+    if parent is None:
+        return ((raw, provenance),)
+    if not isinstance(parent, str):
+        raise RuleError.single(raw.locate(("extends",)), "extends", "must be a rule-set name or a path")
+    here = Path(raw.file).parent if _real_file(raw.file) else None
+    parent_chain = _load_chain(parent, lookup, stack + (key,), base_dir=here, at=raw.locate(("extends",)))
+    return parent_chain + ((raw, provenance),)
+
+
+def _real_file(name: str) -> bool:
+    return not (name.startswith("<") and name.endswith(">"))
+
+
+def _read_one(source: Mapping[str, Any] | str | Path, lookup: Lookup, *, base_dir: Path | None, at: Location | None) -> tuple[RawRules, rs.Provenance]:
+    if isinstance(source, Mapping):
+        return RawRules(_plain_dict(source), DICT_FILE, {}), rs.Provenance(file=DICT_FILE)
+    text = str(source)
+    if isinstance(source, Path) or _is_path_like(text):
+        path = Path(text)
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        if at is not None and not path.exists():
+            raise RuleError.single(at, "extends", f"no such rule file: {path}")
+        raw = read_rule_file(path)
+        return raw, rs.Provenance(file=raw.file, name=_name_of(raw))
+    registered = lookup(text)
+    if registered is None:
+        message = f"no rule set named {text!r}"
+        names = registered_names() if lookup is default_lookup else []
+        close = difflib.get_close_matches(text, names, n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        elif names:
+            message += f"; registered: {', '.join(names)}"
+        else:
+            message += "; no plugin registers any rule set (pip install a plugin such as lwd-rules-convnext)"
+        raise RuleError.single(at or Location("<arguments>"), "extends" if at else "", message)
+    if isinstance(registered.source, Mapping):
+        raw = RawRules(_plain_dict(registered.source), f"<{registered.name}>", {})
+    else:
+        raw = read_rule_file(Path(registered.source))
+    return raw, rs.Provenance(file=raw.file, name=registered.name, plugin=registered.plugin, version=registered.version)
+
+
+def _name_of(raw: RawRules) -> str | None:
+    name = raw.data.get("name")
+    return name if isinstance(name, str) else None
+
+
+def merge(chain: Chain) -> tuple[dict[str, Any], dict[FieldPath, Location]]:
+    """Deep-merge the chain's data (mappings merge by key, anything else replaces) with each value's origin."""
+    data: dict[str, Any] = {}
+    origins: dict[FieldPath, Location] = {}
+    for raw, _ in chain:
+        layer = {k: v for k, v in raw.data.items() if k != "extends"}
+        _merge_into(data, layer, (), raw, origins)
+    return data, origins
+
+
+def _merge_into(target: dict[str, Any], layer: Mapping[str, Any], path: FieldPath, raw: RawRules, origins: dict[FieldPath, Location]) -> None:
+    for key, value in layer.items():
+        here = path + (key,)
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            origins.setdefault(here, raw.locate(here))
+            _merge_into(target[key], value, here, raw, origins)
+            continue
+        for stale in [p for p in origins if p[: len(here)] == here]:
+            del origins[stale]
+        target[key] = _plain_dict(value) if isinstance(value, Mapping) else value
+        origins[here] = raw.locate(here)
+        for sub, line in raw.lines.items():
+            if sub[: len(here)] == here and len(sub) > len(here):
+                origins[sub] = Location(raw.file, line)
+
+
+def _locate(origins: Mapping[FieldPath, Location], path: FieldPath, fallback: Location) -> Location:
+    for end in range(len(path), 0, -1):
+        found = origins.get(tuple(path[:end]))
+        if found is not None:
+            return found
+    return fallback
+
+
+def dotted(path: FieldPath) -> str:
+    """``("layers", "rules", 2, "match")`` → ``layers.rules[2].match``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def build(chain: Chain) -> rs.RuleSet:
+    """Merge, validate and compile a chain of raw layers into a ``RuleSet``; every problem at once."""
+    data, origins = merge(chain)
+    top = chain[-1][0]
+    fallback = top.locate(())
+    try:
+        config = RuleFile.model_validate(data)
+    except ValidationError as exc:
+        raise RuleError(_validation_problems(exc, origins, fallback)) from None
+    compiler = _Compiler(config, origins, fallback)
+    return compiler.build(chain, data)
+
+
+def _validation_problems(exc: ValidationError, origins: Mapping[FieldPath, Location], fallback: Location) -> list[Problem]:
+    problems = []
+    for error in exc.errors():
+        loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and _is_union_tag(part)))
+        location = _locate(origins, loc, fallback)
+        if error["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            message = f"unknown key {key!r}"
+            allowed = _allowed_keys(loc[:-1])
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {close[0]!r}?)"
+            elif allowed:
+                message += f"; allowed: {', '.join(allowed)}"
+        else:
+            message = error["msg"]
+            if error["type"] not in ("missing",) and "input" in error and not isinstance(error["input"], (dict, list)):
+                message += f" (got {error['input']!r})"
+        problems.append(Problem(location, dotted(loc), message))
+    return problems
+
+
+def _is_union_tag(part: str) -> bool:
+    """pydantic inserts the union member's type (``str``, ``ExcludeEntry``, ``int``) into error locations."""
+    return part in {"str", "int", "float", "bool"} or part[:1].isupper() or part.startswith("list[") or "[" in part
+
+
+def _allowed_keys(path: FieldPath) -> list[str]:
+    """Field names of the schema model at ``path`` (for "did you mean" on unknown keys)."""
+    model: Any = RuleFile
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+        if model is None:
+            return []
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None if get_origin(annotation) is None else None
+
+
+_NDIM = re.compile(r"^ndim\s*(<=|<|==|>=|>)\s*(\d+)$")
+
+
+class _Compiler:
+    """Compiles the regexes and formulas of a validated ``RuleFile``, collecting every problem."""
+
+    def __init__(self, config: RuleFile, origins: Mapping[FieldPath, Location], fallback: Location) -> None:
+        self.config = config
+        self.origins = origins
+        self.fallback = fallback
+        self.problems: list[Problem] = []
+
+    def where(self, path: FieldPath) -> Location:
+        return _locate(self.origins, path, self.fallback)
+
+    def problem(self, path: FieldPath, message: str) -> None:
+        self.problems.append(Problem(self.where(path), dotted(path), message))
+
+    def regex(self, text: str, path: FieldPath) -> re.Pattern[str] | None:
+        try:
+            return re.compile(text)
+        except re.error as exc:
+            self.problem(path, f"invalid regex: {exc.msg} at position {exc.pos}")
+        except (OverflowError, RecursionError, MemoryError):
+            self.problem(path, "invalid regex: too large or too deeply nested")
+        return None
+
+    def formula(self, value: int | str, path: FieldPath, known: set[str]) -> rs.Located | None:
+        try:
+            formula = parse_formula(value)
+            formula.check(known)
+        except FormulaError as exc:
+            self.problem(path, str(exc))
+            return None
+        return rs.Located(formula, dotted(path), self.where(path))
+
+    def build(self, chain: Chain, data: dict[str, Any]) -> rs.RuleSet:
+        layers = self.config.layers
+        provided = set(layers.variables) | set(layers.count)
+        counts = []
+        for name, text in layers.count.items():
+            path = ("layers", "count", name)
+            pattern = self.regex(text, path)
+            if pattern is not None and not 1 <= pattern.groups <= 2:
+                self.problem(path, f"a count regex needs one or two groups, this one has {pattern.groups}")
+            elif pattern is not None:
+                counts.append(rs.Count(name, pattern, self.where(path)))
+        for name in provided & FUNCTIONS:
+            self.problem(("layers",), f"variable name {name!r} is a function name")
+        num_layers = None
+        if layers.num_layers is not None:
+            num_layers = self.formula(layers.num_layers, ("layers", "num_layers"), provided)
+        known = provided | ({"num_layers"} if layers.num_layers is not None else set())
+        default = None
+        if layers.default is not None:
+            default = self.formula(layers.default, ("layers", "default"), known)
+        rules = []
+        for index, rule in enumerate(layers.rules):
+            path = ("layers", "rules", index)
+            pattern = self.regex(rule.match, path + ("match",))
+            groups = set(pattern.groupindex) if pattern else set()
+            shadowed = groups & known
+            if shadowed:
+                self.problem(path + ("match",), f"named group {sorted(shadowed)[0]!r} hides a variable of the same name")
+            layer = self.formula(rule.layer, path + ("layer",), known | groups) if pattern else None
+            if pattern is not None and layer is not None:
+                rules.append(rs.LayerRule(dotted(path), pattern, layer.formula, self.where(path), rule.allow_unused))
+        exclusions = self.exclusions()
+        overrides = []
+        for index, override in enumerate(self.config.overrides):
+            path = ("overrides", index)
+            pattern = self.regex(override.match, path + ("match",))
+            if pattern is not None:
+                overrides.append(
+                    rs.Override(dotted(path), pattern, override.lr_mult, override.weight_decay, override.freeze, self.where(path), override.allow_unused)
+                )
+        decay = self.config.layer_decay
+        if decay.curve == "values" and decay.values is not None and layers.num_layers is None:
+            self.problem(("layer_decay", "values"), "curve 'values' needs layers.num_layers to check the list length")
+        if self.problems:
+            raise RuleError(self.problems)
+        strip = self.config.names.strip_components
+        return rs.RuleSet(
+            config=self.config,
+            chain=chain,
+            num_layers=num_layers,
+            default=default,
+            rules=tuple(rules),
+            counts=tuple(counts),
+            exclusions=tuple(exclusions),
+            overrides=tuple(overrides),
+            strip_components=frozenset(WRAPPER_COMPONENTS if strip is None else strip),
+            data=data,
+        )
+
+    def exclusions(self) -> list[rs.Exclusion]:
+        out = []
+        for index, entry in enumerate(self.config.weight_decay.exclude or []):
+            path = ("weight_decay", "exclude", index)
+            text, allow_unused = (entry, False) if isinstance(entry, str) else (entry.pattern, entry.allow_unused)
+            test = self.exclusion_test(text.strip(), path)
+            if test is not None:
+                out.append(rs.Exclusion(dotted(path), text, test, self.where(path), allow_unused))
+        return out
+
+    def exclusion_test(self, text: str, path: FieldPath) -> Callable[[str, int], bool] | None:
+        ndim = _NDIM.match(text)
+        if ndim:
+            compare, bound = rs.NDIM_OPS[ndim.group(1)], int(ndim.group(2))
+            return lambda name, dims: compare(dims, bound)
+        if text.startswith("ndim"):
+            self.problem(path, f"bad ndim test {text!r} (write e.g. ndim<=1)")
+            return None
+        if text.startswith("re:"):
+            pattern = self.regex(text[3:], path)
+        elif any(c in text for c in "*?["):
+            pattern = self.regex(fnmatch.translate(text), path)
+        else:
+            exact = text
+            return lambda name, dims: name == exact
+        if pattern is None:
+            return None
+        search = pattern.search if text.startswith("re:") else pattern.match
+        return lambda name, dims: search(name) is not None
