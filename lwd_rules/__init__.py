@@ -2,6 +2,7 @@
 
 from lwd_rules.errors import Location, PluginError, Problem, RuleError
 from lwd_rules.hookspecs import hookimpl
+from lwd_rules.identify import canonical_name
 from lwd_rules.orchestrator import LwdRulesWarning, build_optimizer, create_optimizer, resolve
 from lwd_rules.plan import ParamRow, Plan
 from lwd_rules.rules.load import load_rules
@@ -20,6 +21,7 @@ __all__ = [
     "RuleSet",
     "__version__",
     "build_optimizer",
+    "canonical_name",
     "create_optimizer",
     "hookimpl",
     "load_rules",

@@ -282,6 +282,7 @@ class _Compiler:
         return handler(self, node, depth + 1)
 
     def constant(self, node: ast.Constant, depth: int) -> _Code:
+        """Numbers only; strings, booleans, None, complex and ``...`` are rejected."""
         value = node.value
         if isinstance(value, bool):
             raise FormulaError("booleans are not allowed")
@@ -295,6 +296,7 @@ class _Compiler:
         raise FormulaError("'...' is not allowed" if value is Ellipsis else f"{value!r} is not allowed")
 
     def name(self, node: ast.Name, depth: int) -> _Code:
+        """A variable, looked up and validated in the environment at each call."""
         name = node.id
         if name in FUNCTIONS:
             raise FormulaError(f"function {name!r} must be called, e.g. {name}(x)")
@@ -312,6 +314,7 @@ class _Compiler:
         return _Code(run, False)
 
     def binop(self, node: ast.BinOp, depth: int) -> _Code:
+        """Arithmetic on numbers, with every result checked against the bounds."""
         op_type = type(node.op)
         if op_type not in _ARITHMETIC:
             raise FormulaError(f"operator {_OTHER_OPERATORS.get(op_type, op_type.__name__)!r} is not allowed")
@@ -340,6 +343,7 @@ class _Compiler:
         return _fold(run, (left, right))
 
     def unaryop(self, node: ast.UnaryOp, depth: int) -> _Code:
+        """Unary ``-`` and ``+`` on numbers."""
         op_type = type(node.op)
         if op_type not in (ast.USub, ast.UAdd):
             raise FormulaError(f"operator {_OTHER_OPERATORS.get(op_type, op_type.__name__)!r} is not allowed")
@@ -357,6 +361,7 @@ class _Compiler:
         return _fold(run, (operand,))
 
     def list_(self, node: ast.List, depth: int) -> _Code:
+        """A list literal; items must be numbers so lists stay flat."""
         items = [self.compile(item, depth) for item in node.elts]
         runs = [item.run for item in items]
 
@@ -370,6 +375,7 @@ class _Compiler:
         return _fold(run, items)
 
     def subscript(self, node: ast.Subscript, depth: int) -> _Code:
+        """``x[i]`` (Python semantics, negative indices allowed) or a slice."""
         container = self.compile(node.value, depth)
         container_run = container.run
         if isinstance(node.slice, ast.Slice):
@@ -390,6 +396,7 @@ class _Compiler:
         return _fold(run, (container, index))
 
     def _slice(self, container: _Code, node: ast.Slice, depth: int) -> _Code:
+        """``x[a:b:c]`` with optional integer bounds and step."""
         bounds = [None if part is None else self.compile(part, depth) for part in (node.lower, node.upper, node.step)]
         container_run = container.run
         lower, upper, step = (None if part is None else part.run for part in bounds)
@@ -408,6 +415,7 @@ class _Compiler:
         return _fold(run, [container, *(part for part in bounds if part is not None)])
 
     def call(self, node: ast.Call, depth: int) -> _Code:
+        """A call to one of FUNCTIONS with positional arguments."""
         if not isinstance(node.func, ast.Name):
             raise FormulaError("only calls to named functions are allowed")
         name = node.func.id
@@ -425,6 +433,7 @@ class _Compiler:
 
 
 def _sum(args: list[Evaluator]) -> Evaluator:
+    """Build sum(list)."""
     (arg,) = args
 
     def run(env: Env) -> Value:
@@ -434,6 +443,7 @@ def _sum(args: list[Evaluator]) -> Evaluator:
 
 
 def _len(args: list[Evaluator]) -> Evaluator:
+    """Build len(list)."""
     (arg,) = args
 
     def run(env: Env) -> Value:

@@ -8,11 +8,12 @@ from typing import Any
 from lwd_rules.errors import Problem, RuleError
 from lwd_rules.expr import FormulaError
 from lwd_rules.rules.ruleset import Count, LayerRule, Located
+from lwd_rules.rules.schema import WRAPPER_COMPONENTS
 
 DEFAULT = -1  # rule index reported for names the default formula covers
 
 
-def canonical_name(name: str, strip: Collection[str]) -> str:
+def canonical_name(name: str, strip: Collection[str] = WRAPPER_COMPONENTS) -> str:
     """``name`` with wrapper components (``module``, ``_orig_mod``, ...) removed wherever they occur."""
     parts = name.split(".")
     kept = [part for part in parts if part not in strip]
