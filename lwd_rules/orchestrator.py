@@ -34,6 +34,7 @@ def resolve(
     layer_decay: float | None = None,
     weight_decay: float | None = None,
     lr: float | None = None,
+    strict: bool = True,
     registry: Registry | None = None,
 ) -> Plan:
     """Assign every trainable parameter of ``model`` a layer id, lr scale, weight decay and group.
@@ -41,6 +42,9 @@ def resolve(
     ``source`` is a rule-file path, a registered rule-set name, a dict shaped like a rule file, or a
     ``RuleSet``; None (or rules that say nothing about layers) lets ``lwd_detect`` pick the rule set.
     ``layer_decay``/``weight_decay``/``lr`` override ``layer_decay.rate``/``weight_decay.value``/``optimizer.lr``.
+    ``strict=False`` records coverage problems (unmatched parameters, patterns that match nothing,
+    conflicting overrides) in ``plan.problems`` instead of raising; unmatched parameters are then
+    left out of the optimizer and listed in ``plan.skipped``.
     """
     registry = registry or _default_registry()
     rules = load_rules({} if source is None else source, lookup=registry.rule_set)
@@ -49,7 +53,7 @@ def resolve(
         rules = extend(rules, shortcuts, "<keyword arguments>")
     if not rules.maps_layers:
         rules = rebase(rules, _detect(model, registry), lookup=registry.rule_set)
-    return _Resolver(model, rules, registry).run()
+    return _Resolver(model, rules, registry, strict).run()
 
 
 def _default_registry() -> Registry:
@@ -96,11 +100,14 @@ def unwrap(model: Any) -> Any:
 class _Resolver:
     """One resolve: collects problems instead of stopping at the first."""
 
-    def __init__(self, model: Any, rules: RuleSet, registry: Registry) -> None:
+    def __init__(self, model: Any, rules: RuleSet, registry: Registry, strict: bool) -> None:
         self.model = model
         self.rules = rules
         self.registry = registry
+        self.strict = strict
         self.problems: list[Problem] = []
+        self.coverage: list[Problem] = []
+        self.unused: list[str] = []
         self.warnings: list[str] = []
         self.top = rules.chain[-1][0].locate(())
 
@@ -110,8 +117,10 @@ class _Resolver:
         if mode == "warn":
             self.warnings.append(str(problem))
             warnings.warn(str(problem), LwdRulesWarning, stacklevel=4)
-        else:
+        elif self.strict:
             self.problems.append(problem)
+        else:
+            self.coverage.append(problem)
 
     def fail_if_problems(self) -> None:
         if self.problems:
@@ -133,15 +142,17 @@ class _Resolver:
             found = identifier.identify(canon)
             if found is None:
                 unmatched.append(canon)
-                ids.append(0)
-                sources.append(DEFAULT)
             else:
                 ids.append(found[0])
                 sources.append(found[1])
+        skipped = [Skipped(name, "requires_grad is False") for canon, name, p in named if not p.requires_grad]
         if unmatched:
             where = rules.rules[0].origin if rules.rules else self.top
-            self.problems.append(Problem(where, "layers.default", f"{len(unmatched)} parameter(s) match no rule and layers.default is not set: {_listing(unmatched)}"))
-        self.fail_if_problems()
+            self.report(None, Problem(where, "layers.default", f"{len(unmatched)} parameter(s) match no rule and layers.default is not set: {_listing(unmatched)}"))
+            self.fail_if_problems()
+            left_out = set(unmatched)
+            skipped += [Skipped(name, "no rule matches") for canon, name, _ in trainable if canon in left_out]
+            trainable = [entry for entry in trainable if entry[0] not in left_out]
         num_layers = env.setdefault("num_layers", max(max(ids, default=1) - 1, 0))
         self._check_range(trainable, ids, sources, num_layers)
         raw_scales = self._scales(num_layers)
@@ -158,7 +169,6 @@ class _Resolver:
         if rules.default is not None:
             rule_labels[DEFAULT] = _label(rules.default.origin, rules.default.path)
         rows: list[tuple[str, int, float, float, int, str, int, int]] = []
-        skipped = [Skipped(name, "requires_grad is False") for canon, name, p in named if not p.requires_grad]
         conflicts: dict[tuple[int, int, str], list[str]] = {}
         for (canon, name, param), layer_id, source in zip(trainable, ids, sources):
             if decay.below_min == "freeze" and raw_scales[layer_id] < decay.min_scale:
@@ -197,6 +207,8 @@ class _Resolver:
             skipped=skipped,
             variables={k: v for k, v in env.items()},
             warnings=self.warnings,
+            problems=self.coverage,
+            unused=self.unused,
             lr=config.optimizer.lr,
         )
 
@@ -284,15 +296,17 @@ class _Resolver:
         mode = self.rules.config.checks.unused_patterns
         names = [canon for canon, _, _ in named]
         ndims = [p.ndim for _, _, p in named]
-        for rule, used in zip(self.rules.rules, rules_used):
-            if not used and not rule.allow_unused and not any(rule.pattern.search(n) for n in names):
-                self.report(mode, Problem(rule.origin, rule.path + ".match", f"regex {rule.pattern.pattern!r} matches no parameter (set allow_unused: true to keep it)"))
-        for exclusion, used in zip(self.rules.exclusions, excl_used):
-            if not used and not exclusion.allow_unused and not any(exclusion.test(n, d) for n, d in zip(names, ndims)):
-                self.report(mode, Problem(exclusion.origin, exclusion.path, f"{exclusion.text!r} matches no parameter"))
-        for override, used in zip(self.rules.overrides, override_used):
-            if not used and not override.allow_unused and not any(override.pattern.search(n) for n in names):
-                self.report(mode, Problem(override.origin, override.path + ".match", f"regex {override.pattern.pattern!r} matches no parameter (set allow_unused: true to keep it)"))
+        candidates = [
+            *((r, r.path + ".match", r.pattern.pattern, lambda n, d, r=r: r.pattern.search(n)) for r, u in zip(self.rules.rules, rules_used) if not u),
+            *((e, e.path, e.text, e.test) for e, u in zip(self.rules.exclusions, excl_used) if not u),
+            *((o, o.path + ".match", o.pattern.pattern, lambda n, d, o=o: o.pattern.search(n)) for o, u in zip(self.rules.overrides, override_used) if not u),
+        ]
+        for entry, path, text, test in candidates:
+            if any(test(n, d) for n, d in zip(names, ndims)):
+                continue  # matched only parameters that are frozen or left out
+            self.unused.append(f"{path} ({_label(entry.origin, path)}): {text!r}")
+            if not entry.allow_unused:
+                self.report(mode, Problem(entry.origin, path, f"{text!r} matches no parameter (set allow_unused: true to keep it)"))
 
     def _report_conflicts(self, conflicts: Mapping[tuple[int, int, str], list[str]]) -> None:
         mode = self.rules.config.checks.override_conflicts

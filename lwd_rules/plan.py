@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lwd_rules.errors import Problem
 from lwd_rules.rules.ruleset import RuleSet
 
 Convention = Literal["torch", "timm"]
@@ -36,6 +37,18 @@ class Skipped:
 
 
 @dataclass
+class LayerSummary:
+    """The parameters of one layer id: their scales, count, size, weight decays and rules."""
+
+    layer_id: int
+    lr_scales: list[float]
+    tensors: int
+    numel: int
+    weight_decays: list[float]
+    rules: list[str]
+
+
+@dataclass
 class Plan:
     """Everything ``resolve()`` decided; ``param_groups`` feed ``torch.optim``, ``params`` explain them."""
 
@@ -47,7 +60,23 @@ class Plan:
     skipped: list[Skipped]
     variables: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
     lr: float | None = None
+
+    def layers(self) -> list[LayerSummary]:
+        """One summary per layer id, in id order: what ``lwd-rules explain`` prints."""
+        by_id: dict[int, LayerSummary] = {}
+        for row in self.params:
+            entry = by_id.get(row.layer_id)
+            if entry is None:
+                entry = by_id[row.layer_id] = LayerSummary(row.layer_id, [], 0, 0, [], [])
+            entry.tensors += 1
+            entry.numel += row.numel
+            for values, value in ((entry.lr_scales, row.lr_scale), (entry.weight_decays, row.weight_decay), (entry.rules, row.rule)):
+                if value not in values:
+                    values.append(value)
+        return [by_id[i] for i in sorted(by_id)]
 
     def fingerprint(self) -> str:
         """A stable hash of the rules and of every parameter's assignment (same on every rank)."""

@@ -151,3 +151,11 @@ class RuleFile(Strict):
     overrides: list[Override] = Field(default_factory=list)
     optimizer: Optimizer = Field(default_factory=Optimizer)
     checks: Checks = Field(default_factory=Checks)
+
+
+def json_schema() -> dict[str, object]:
+    """The JSON Schema of a rule file, titled for editors."""
+    schema = RuleFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "lwd-rules rule file"
+    return schema
