@@ -426,7 +426,11 @@ def test_extends_chain_with_relative_paths(tmp_path: Path) -> None:
         "  value: 0.1",
     )
     rules = load_rules(child, lookup=new_registry().rule_set)
-    assert [p.file for p in rules.provenance] == [str(base), str(tmp_path / "base" / "mid.yaml"), str(child)]
+    assert [Path(p.file).resolve() for p in rules.provenance] == [
+        base.resolve(),
+        (tmp_path / "base" / "mid.yaml").resolve(),
+        child.resolve(),
+    ]
     assert rules.config.layer_decay.rate == 0.8  # from mid
     assert rules.config.weight_decay.value == 0.1  # from child
     assert rules.config.weight_decay.exclude == ["ndim<=1"]  # sibling key kept from base
@@ -441,9 +445,13 @@ def test_extends_chain_with_relative_paths(tmp_path: Path) -> None:
     assert rows["head.weight"].weight_decay == 0.1
     assert rows["head.bias"].weight_decay == 0.0
     # inherited rules still point at the base file's lines
-    assert rows["stem.weight"].rule == f"{base}:5"
-    assert rows["blocks.2.bias"].rule == f"{base}:7"
-    assert rows["head.weight"].rule == f"{base}:9"
+    def rule_at(name: str) -> tuple[Path, int]:
+        file, line = rows[name].rule.rsplit(":", 1)
+        return Path(file).resolve(), int(line)
+
+    assert rule_at("stem.weight") == (base.resolve(), 5)
+    assert rule_at("blocks.2.bias") == (base.resolve(), 7)
+    assert rule_at("head.weight") == (base.resolve(), 9)
 
 
 def test_error_in_an_extended_file_points_at_that_file(tmp_path: Path) -> None:

@@ -185,14 +185,38 @@ def dotted(path: FieldPath) -> str:
 def build(chain: Chain) -> rs.RuleSet:
     """Merge, validate and compile a chain of raw layers into a ``RuleSet``; every problem at once."""
     data, origins = merge(chain)
-    top = chain[-1][0]
-    fallback = top.locate(())
+    fallback = chain[-1][0].locate(())
+    problems: list[Problem] = []
     try:
         config = RuleFile.model_validate(data)
     except ValidationError as exc:
-        raise RuleError(_validation_problems(exc, origins, fallback)) from None
-    compiler = _Compiler(config, origins, fallback)
-    return compiler.build(chain, data)
+        problems.extend(_validation_problems(exc, origins, fallback))
+    compiler = _Compiler(data, origins, fallback)
+    compiled = compiler.compile()
+    problems.extend(compiler.problems)
+    if problems:
+        raise RuleError(sorted(problems, key=_reading_order))
+    overrides = tuple(
+        rs.Override(f"overrides[{i}]", pattern, o.lr_mult, o.weight_decay, o.freeze, origin, o.allow_unused)
+        for i, (o, (pattern, origin)) in enumerate(zip(config.overrides, compiled.overrides))
+    )
+    strip = config.names.strip_components
+    return rs.RuleSet(
+        config=config,
+        chain=chain,
+        num_layers=compiled.num_layers,
+        default=compiled.default,
+        rules=tuple(compiled.rules),
+        counts=tuple(compiled.counts),
+        exclusions=tuple(compiled.exclusions),
+        overrides=overrides,
+        strip_components=frozenset(WRAPPER_COMPONENTS if strip is None else strip),
+        data=data,
+    )
+
+
+def _reading_order(problem: Problem) -> tuple[str, int]:
+    return problem.location.file, problem.location.line or 0
 
 
 def _validation_problems(exc: ValidationError, origins: Mapping[FieldPath, Location], fallback: Location) -> list[Problem]:
@@ -251,10 +275,12 @@ _NDIM = re.compile(r"^ndim\s*(<=|<|==|>=|>)\s*(\d+)$")
 
 
 class _Compiler:
-    """Compiles the regexes and formulas of a validated ``RuleFile``, collecting every problem."""
+    """Compiles regexes and formulas straight from the merged data, so that a file with schema errors
+    still gets its regex and formula problems reported in the same run. Values of the wrong type
+    are skipped here: the schema reports them."""
 
-    def __init__(self, config: RuleFile, origins: Mapping[FieldPath, Location], fallback: Location) -> None:
-        self.config = config
+    def __init__(self, data: Mapping[str, Any], origins: Mapping[FieldPath, Location], fallback: Location) -> None:
+        self.data = data
         self.origins = origins
         self.fallback = fallback
         self.problems: list[Problem] = []
@@ -265,7 +291,9 @@ class _Compiler:
     def problem(self, path: FieldPath, message: str) -> None:
         self.problems.append(Problem(self.where(path), dotted(path), message))
 
-    def regex(self, text: str, path: FieldPath) -> re.Pattern[str] | None:
+    def regex(self, text: Any, path: FieldPath) -> re.Pattern[str] | None:
+        if not isinstance(text, str):
+            return None
         try:
             return re.compile(text)
         except re.error as exc:
@@ -274,7 +302,9 @@ class _Compiler:
             self.problem(path, "invalid regex: too large or too deeply nested")
         return None
 
-    def formula(self, value: int | str, path: FieldPath, known: set[str]) -> rs.Located | None:
+    def formula(self, value: Any, path: FieldPath, known: set[str]) -> rs.Located | None:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            return None
         try:
             formula = parse_formula(value)
             formula.check(known)
@@ -283,70 +313,61 @@ class _Compiler:
             return None
         return rs.Located(formula, dotted(path), self.where(path))
 
-    def build(self, chain: Chain, data: dict[str, Any]) -> rs.RuleSet:
-        layers = self.config.layers
-        provided = set(layers.variables) | set(layers.count)
+    def compile(self) -> _Compiled:
+        layers = _mapping(self.data.get("layers"))
+        count_spec = _mapping(layers.get("count"))
+        variables = [v for v in _sequence(layers.get("variables")) if isinstance(v, str)]
+        provided = set(variables) | set(count_spec)
         counts = []
-        for name, text in layers.count.items():
+        for name, text in count_spec.items():
             path = ("layers", "count", name)
             pattern = self.regex(text, path)
             if pattern is not None and not 1 <= pattern.groups <= 2:
                 self.problem(path, f"a count regex needs one or two groups, this one has {pattern.groups}")
             elif pattern is not None:
                 counts.append(rs.Count(name, pattern, self.where(path)))
-        for name in provided & FUNCTIONS:
+        for name in sorted(provided & FUNCTIONS):
             self.problem(("layers",), f"variable name {name!r} is a function name")
-        num_layers = None
-        if layers.num_layers is not None:
-            num_layers = self.formula(layers.num_layers, ("layers", "num_layers"), provided)
-        known = provided | ({"num_layers"} if layers.num_layers is not None else set())
-        default = None
-        if layers.default is not None:
-            default = self.formula(layers.default, ("layers", "default"), known)
+        has_num_layers = layers.get("num_layers") is not None
+        num_layers = self.formula(layers.get("num_layers"), ("layers", "num_layers"), provided) if has_num_layers else None
+        known = provided | ({"num_layers"} if has_num_layers else set())
+        default = self.formula(layers.get("default"), ("layers", "default"), known) if layers.get("default") is not None else None
         rules = []
-        for index, rule in enumerate(layers.rules):
+        for index, rule in enumerate(_sequence(layers.get("rules"))):
             path = ("layers", "rules", index)
-            pattern = self.regex(rule.match, path + ("match",))
-            groups = set(pattern.groupindex) if pattern else set()
-            shadowed = groups & known
-            if shadowed:
-                self.problem(path + ("match",), f"named group {sorted(shadowed)[0]!r} hides a variable of the same name")
-            layer = self.formula(rule.layer, path + ("layer",), known | groups) if pattern else None
-            if pattern is not None and layer is not None:
-                rules.append(rs.LayerRule(dotted(path), pattern, layer.formula, self.where(path), rule.allow_unused))
-        exclusions = self.exclusions()
+            rule = _mapping(rule)
+            pattern = self.regex(rule.get("match"), path + ("match",))
+            if pattern is None:
+                continue
+            groups = set(pattern.groupindex)
+            for shadowed in sorted(groups & known):
+                self.problem(path + ("match",), f"named group {shadowed!r} hides a variable of the same name")
+            layer = self.formula(rule.get("layer"), path + ("layer",), known | groups)
+            if layer is not None:
+                rules.append(rs.LayerRule(dotted(path), pattern, layer.formula, self.where(path), rule.get("allow_unused") is True))
         overrides = []
-        for index, override in enumerate(self.config.overrides):
+        for index, override in enumerate(_sequence(self.data.get("overrides"))):
             path = ("overrides", index)
-            pattern = self.regex(override.match, path + ("match",))
+            override = _mapping(override)
+            pattern = self.regex(override.get("match"), path + ("match",))
             if pattern is not None:
-                overrides.append(
-                    rs.Override(dotted(path), pattern, override.lr_mult, override.weight_decay, override.freeze, self.where(path), override.allow_unused)
-                )
-        decay = self.config.layer_decay
-        if decay.curve == "values" and decay.values is not None and layers.num_layers is None:
-            self.problem(("layer_decay", "values"), "curve 'values' needs layers.num_layers to check the list length")
-        if self.problems:
-            raise RuleError(self.problems)
-        strip = self.config.names.strip_components
-        return rs.RuleSet(
-            config=self.config,
-            chain=chain,
-            num_layers=num_layers,
-            default=default,
-            rules=tuple(rules),
-            counts=tuple(counts),
-            exclusions=tuple(exclusions),
-            overrides=tuple(overrides),
-            strip_components=frozenset(WRAPPER_COMPONENTS if strip is None else strip),
-            data=data,
-        )
+                overrides.append((pattern, self.where(path)))
+        decay = _mapping(self.data.get("layer_decay"))
+        if decay.get("curve") == "values" and not has_num_layers:
+            self.problem(("layer_decay", "curve"), "curve 'values' needs layers.num_layers to check the list length")
+        return _Compiled(num_layers, default, rules, counts, self.exclusions(), overrides)
 
     def exclusions(self) -> list[rs.Exclusion]:
         out = []
-        for index, entry in enumerate(self.config.weight_decay.exclude or []):
+        weight_decay = _mapping(self.data.get("weight_decay"))
+        for index, entry in enumerate(_sequence(weight_decay.get("exclude"))):
             path = ("weight_decay", "exclude", index)
-            text, allow_unused = (entry, False) if isinstance(entry, str) else (entry.pattern, entry.allow_unused)
+            if isinstance(entry, Mapping):
+                text, allow_unused = entry.get("pattern"), entry.get("allow_unused") is True
+            else:
+                text, allow_unused = entry, False
+            if not isinstance(text, str):
+                continue
             test = self.exclusion_test(text.strip(), path)
             if test is not None:
                 out.append(rs.Exclusion(dotted(path), text, test, self.where(path), allow_unused))
@@ -362,12 +383,26 @@ class _Compiler:
             return None
         if text.startswith("re:"):
             pattern = self.regex(text[3:], path)
-        elif any(c in text for c in "*?["):
+            return None if pattern is None else (lambda name, dims: pattern.search(name) is not None)
+        if any(c in text for c in "*?["):
             pattern = self.regex(fnmatch.translate(text), path)
-        else:
-            exact = text
-            return lambda name, dims: name == exact
-        if pattern is None:
-            return None
-        search = pattern.search if text.startswith("re:") else pattern.match
-        return lambda name, dims: search(name) is not None
+            return None if pattern is None else (lambda name, dims: pattern.match(name) is not None)
+        return lambda name, dims: name == text
+
+
+@dataclass
+class _Compiled:
+    num_layers: rs.Located | None
+    default: rs.Located | None
+    rules: list[rs.LayerRule]
+    counts: list[rs.Count]
+    exclusions: list[rs.Exclusion]
+    overrides: list[tuple[re.Pattern[str], Location]]
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _sequence(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []

@@ -42,7 +42,7 @@ class RawRules:
 def read_rule_file(path: Path) -> RawRules:
     """Read ``path`` (.yaml/.yml/.json/.toml); raise ``RuleError`` with a located problem if unusable."""
     name = str(path)
-    here = Location(name, None)
+    here = Location(name, 1)  # whole-file problems point at the first line
     if not path.exists():
         raise RuleError.single(here, "", "no such file")
     if path.is_dir():
@@ -92,12 +92,12 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[FieldPath, int]]:
         node = _yaml().load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
+        line = mark.line + 1 if mark is not None else 1
         message = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
         raise RuleError.single(Location(file, line), "", f"YAML syntax error: {message}") from None
     except YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
-        raise RuleError.single(Location(file, None), "", f"YAML syntax error: {first}") from None
+        raise RuleError.single(Location(file, 1), "", f"YAML syntax error: {first}") from None
     lines: dict[FieldPath, int] = {}
     return _plain(node, (), lines), lines
 
@@ -154,7 +154,7 @@ def _parse_toml(text: str, file: str) -> tuple[Any, dict[FieldPath, int]]:
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         found = re.search(r"\(at line (\d+), column (\d+)\)", message)
-        line = int(found.group(1)) if found else None
+        line = int(found.group(1)) if found else 1
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", message) or "invalid TOML"
         raise RuleError.single(Location(file, line), "", f"TOML syntax error: {message}") from None
     lines: dict[FieldPath, int] = {}
