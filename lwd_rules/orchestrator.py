@@ -159,7 +159,7 @@ class _Resolver:
         decay = config.layer_decay
         scales = scaling.clamp(raw_scales, decay.min_scale)
         no_wd = self._model_no_weight_decay()
-        base_wd = config.weight_decay.value or 0.0
+        base_wd = config.weight_decay.value
         exclusions = rules.exclusions
         excl_used = [False] * len(exclusions)
         overrides = rules.overrides
@@ -257,7 +257,7 @@ class _Resolver:
     def _scales(self, num_layers: int) -> list[float]:
         decay = self.rules.config.layer_decay
         try:
-            return scaling.layer_scales(num_layers, rate=decay.rate or 1.0, curve=decay.curve, values=decay.values)
+            return scaling.layer_scales(num_layers, rate=decay.rate, curve=decay.curve, values=decay.values)
         except ValueError as exc:
             origin = next((raw.locate(("layer_decay", "values")) for raw, _ in reversed(self.rules.chain) if "values" in raw.data.get("layer_decay", {})), self.top)
             raise RuleError.single(origin, "layer_decay.values", str(exc)) from None

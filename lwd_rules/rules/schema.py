@@ -54,7 +54,7 @@ class Layers(Strict):
 class LayerDecay(Strict):
     """The lr scale of each layer id."""
 
-    rate: float | None = Field(None, gt=0, le=1, description="Decay per layer: scale(id) = rate ** (N + 1 - id).")
+    rate: float = Field(1.0, gt=0, le=1, description="Decay per layer: scale(id) = rate ** (N + 1 - id); 1 = no decay.")
     curve: Literal["exponential", "linear", "values"] = Field(
         "exponential",
         description=(
@@ -89,13 +89,12 @@ class ExcludeEntry(Strict):
 class WeightDecay(Strict):
     """Which parameters decay, and by how much."""
 
-    value: float | None = Field(None, ge=0, description="Weight decay of every parameter not excluded.")
-    exclude: list[str | ExcludeEntry] | None = Field(
-        None, description="Parameters that get weight decay 0: ndim<=1, globs like '*.bias', or 're:<regex>'."
+    value: float = Field(0.0, ge=0, description="Weight decay of every parameter not excluded.")
+    exclude: list[str | ExcludeEntry] = Field(
+        default_factory=list,
+        description="Parameters that get weight decay 0: ndim<=1, globs like '*.bias', 're:<regex>', or exact names.",
     )
-    use_model_no_weight_decay: bool | None = Field(
-        None, description="Names returned by model.no_weight_decay() get weight decay 0."
-    )
+    use_model_no_weight_decay: bool = Field(False, description="Names returned by model.no_weight_decay() get weight decay 0.")
 
 
 class Override(Strict):
@@ -120,11 +119,11 @@ class Optimizer(BaseModel):
 class Checks(Strict):
     """How loudly to report coverage problems (default: error)."""
 
-    unused_patterns: Check | None = Field(
-        None, description="A layers.rules / overrides / exclude pattern that matches no parameter."
+    unused_patterns: Check = Field(
+        "error", description="A layers.rules / overrides / exclude pattern that matches no parameter."
     )
-    override_conflicts: Check | None = Field(
-        None, description="Two overrides setting one field of one parameter to different values."
+    override_conflicts: Check = Field(
+        "error", description="Two overrides setting one field of one parameter to different values."
     )
 
 
@@ -144,13 +143,15 @@ class RuleFile(Strict):
     name: str | None = Field(None, description="The rule set's name (for files a plugin registers).")
     description: str | None = Field(None, description="Free text shown by `lwd-rules rules`.")
     extends: str | None = Field(None, description="A registered rule-set name or a path (relative to this file).")
-    names: Names = Field(default_factory=Names)
-    layers: Layers = Field(default_factory=Layers)
-    layer_decay: LayerDecay = Field(default_factory=LayerDecay)
-    weight_decay: WeightDecay = Field(default_factory=WeightDecay)
-    overrides: list[Override] = Field(default_factory=list)
-    optimizer: Optimizer = Field(default_factory=Optimizer)
-    checks: Checks = Field(default_factory=Checks)
+    names: Names = Field(default_factory=Names, description="How parameter names are canonicalized.")
+    layers: Layers = Field(
+        default_factory=Layers, description="Name → layer id; absent (and no extends) lets lwd_detect pick a rule set."
+    )
+    layer_decay: LayerDecay = Field(default_factory=LayerDecay, description="The lr scale of each layer id.")
+    weight_decay: WeightDecay = Field(default_factory=WeightDecay, description="Weight decay and its exclusions.")
+    overrides: list[Override] = Field(default_factory=list, description="Per-name changes, applied in order.")
+    optimizer: Optimizer = Field(default_factory=Optimizer, description="Optimizer name, lr and keyword arguments.")
+    checks: Checks = Field(default_factory=Checks, description="How loudly coverage problems are reported.")
 
 
 def json_schema() -> dict[str, object]:
