@@ -10,12 +10,14 @@ import csv
 import io
 import json
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lwd_rules import __version__
@@ -100,11 +102,13 @@ def explain(
 ) -> None:
     """Build MODEL on the meta device and show each layer id's lr scale, weight decay and rule."""
     from lwd_rules.models import ModelSpecError, build_model
-    from lwd_rules.orchestrator import resolve
+    from lwd_rules.orchestrator import LwdRulesWarning, resolve
 
     try:
         module = build_model(model)
-        plan = resolve(module, rules, layer_decay=layer_decay, weight_decay=weight_decay, strict=False)
+        with warnings.catch_warnings():  # they are in plan.warnings, printed below
+            warnings.simplefilter("ignore", LwdRulesWarning)
+            plan = resolve(module, rules, layer_decay=layer_decay, weight_decay=weight_decay, strict=False)
     except (RuleError, PluginError, ModelSpecError) as exc:
         for line in str(exc).splitlines():
             err.print(line, markup=False)
@@ -122,7 +126,7 @@ def explain(
 
 def _print_table(plan: Any, model: str) -> None:
     sources = " <- ".join(str(p) for p in reversed(plan.rules.provenance))
-    out.print(f"[bold]{model}[/bold]  rules: {sources}  num_layers: {plan.num_layers}")
+    out.print(f"[bold]{escape(model)}[/bold]  rules: {escape(sources)}  num_layers: {plan.num_layers}")
     table = Table("id", "lr scale", "tensors", "parameters", "weight decay", "rule")
     for layer in plan.layers():
         table.add_row(
@@ -131,13 +135,15 @@ def _print_table(plan: Any, model: str) -> None:
             str(layer.tensors),
             f"{layer.numel:,}",
             ", ".join(f"{w:g}" for w in sorted(layer.weight_decays)),
-            "\n".join(_short(r) for r in layer.rules),
+            escape("\n".join(_short(r) for r in layer.rules)),
         )
     out.print(table)
     left_out = [s for s in plan.skipped if s.reason == "no rule matches"]
     out.print(f"unmatched parameters: {len(left_out)}" + "".join(f"\n  {s.name}" for s in left_out), markup=False)
     out.print(f"rules that matched nothing: {len(plan.unused)}" + "".join(f"\n  {u}" for u in plan.unused), markup=False)
     out.print(f"groups: {len(plan.param_groups)}  trainable tensors: {len(plan.params)}  left out: {len(plan.skipped)}")
+    for warning in plan.warnings:
+        out.print(f"warning: {warning}", markup=False)
     for problem in plan.problems:
         out.print(f"problem: {problem}", markup=False)
 
@@ -166,7 +172,7 @@ def _plan_json(plan: Any, model: str) -> dict[str, Any]:
 def _plan_csv(plan: Any) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    fields = ["name", "layer_id", "lr_scale", "weight_decay", "group", "rule", "numel", "ndim"]
+    fields = ["name", "layer_id", "lr_scale", "weight_decay", "group", "rule", "source", "numel", "ndim"]
     writer.writerow(fields)
     for row in plan.params:
         writer.writerow([getattr(row, f) for f in fields])

@@ -25,7 +25,8 @@ def lwd_rule_sets() -> dict[str, str | Path | dict[str, Any]]:
 def lwd_layer_variables(model: Any, rule_set: str) -> dict[str, Any] | None:
     """Return variables for the formulas of ``rule_set`` (e.g. ``depths``), computed from ``model``.
 
-    Called by ``resolve()`` for each model, with the name of the rule set in use. Return None when
+    Called by ``resolve()`` when the rule set lists ``layers.variables``, with the name of the rule
+    set in use and the bare model (DDP / ``torch.compile`` wrappers removed). Return None when
     the rule set is not yours. Dicts from all plugins are merged; two plugins giving different
     values for one variable is an error.
     """
@@ -37,4 +38,15 @@ def lwd_detect(model: Any) -> str | None:
 
     Called by ``resolve()`` when the rules say nothing about layer ids (no ``extends``, no
     ``layers``). The first non-None answer wins; plugins marked ``tryfirst`` are asked first.
+    """
+
+
+@hookspec
+def lwd_layer_ids(model: Any, rule_set: str) -> dict[str, int] | None:
+    """Return ``{parameter name: layer id}`` for what a regex cannot express (e.g. timm's ``group_matcher``).
+
+    Called by ``resolve()`` when the rule set sets ``layers.ids_from_plugins: true``, with the bare
+    model (DDP / ``torch.compile`` wrappers removed). Names may omit parameters you cannot place:
+    ``layers.rules`` are tried before these ids and ``layers.default`` after them. Return None when
+    the rule set is not yours. Two plugins placing one name at different ids is an error.
     """

@@ -11,6 +11,7 @@ from lwd_rules.rules.ruleset import Count, LayerRule, Located
 from lwd_rules.rules.schema import WRAPPER_COMPONENTS
 
 DEFAULT = -1  # rule index reported for names the default formula covers
+PLUGIN = -2  # rule index reported for names placed by the lwd_layer_ids hook
 
 
 def canonical_name(name: str, strip: Collection[str] = WRAPPER_COMPONENTS) -> str:
@@ -25,15 +26,14 @@ def count_variables(counts: Sequence[Count], names: Iterable[str]) -> dict[str, 
     names = list(names)
     out: dict[str, int | list[int]] = {}
     for count in counts:
+        matches = [m.groups() for m in map(count.pattern.search, names) if m]
+        numbers = [tuple(int(g) for g in groups) for groups in matches if all(g is not None and g.isdigit() for g in groups)]
         if count.pattern.groups == 1:
-            seen = [int(m.group(1)) for m in map(count.pattern.search, names) if m and m.group(1).isdigit()]
-            out[count.name] = max(seen) + 1 if seen else 0
+            out[count.name] = max(n[0] for n in numbers) + 1 if numbers else 0
             continue
         per: dict[int, int] = {}
-        for match in map(count.pattern.search, names):
-            if match and match.group(1).isdigit() and match.group(2).isdigit():
-                outer, inner = int(match.group(1)), int(match.group(2))
-                per[outer] = max(per.get(outer, 0), inner + 1)
+        for outer, inner in numbers:
+            per[outer] = max(per.get(outer, 0), inner + 1)
         out[count.name] = [per.get(i, 0) for i in range(max(per) + 1)] if per else []
     return out
 
@@ -45,8 +45,11 @@ class LayerIdentifier:
     block share a single evaluation.
     """
 
-    def __init__(self, rules: Sequence[LayerRule], default: Located | None, env: Mapping[str, Any]) -> None:
+    def __init__(
+        self, rules: Sequence[LayerRule], default: Located | None, env: Mapping[str, Any], plugin_ids: Mapping[str, int] | None = None
+    ) -> None:
         self.rules = rules
+        self.plugin_ids = plugin_ids or {}
         self.env = dict(env)
         self.used = [False] * len(rules)
         self._searches = [rule.pattern.search for rule in rules]
@@ -54,7 +57,7 @@ class LayerIdentifier:
         self._default_id = self._evaluate(default.formula, self.env, default.path, default.origin) if default else None
 
     def identify(self, name: str) -> tuple[int, int] | None:
-        """``(layer_id, rule index or DEFAULT)`` for ``name``; None when nothing covers it."""
+        """``(layer_id, rule index, PLUGIN or DEFAULT)`` for ``name``: rules first, then plugin ids, then the default."""
         for index, search in enumerate(self._searches):
             match = search(name)
             if match is None:
@@ -71,6 +74,9 @@ class LayerIdentifier:
                     env = {**env, **{k: _as_int(v) for k, v in named.items()}}
                 layer_id = self._cache[key] = self._evaluate(rule.layer, env, rule.path + ".layer", rule.origin, name)
             return layer_id, index
+        plugin_id = self.plugin_ids.get(name)
+        if plugin_id is not None:
+            return plugin_id, PLUGIN
         if self._default_id is not None:
             return self._default_id, DEFAULT
         return None

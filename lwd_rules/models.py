@@ -25,11 +25,15 @@ def build_model(spec: str, *, device: str = "meta") -> Any:
     builder = builders.get(kind, lambda n: _factory(kind, n))
     with torch.device(device):
         try:
-            return builder(name)
+            model = builder(name)
         except ModelSpecError:
             raise
         except Exception as exc:  # noqa: BLE001 - any library failure becomes one readable line
-            raise ModelSpecError(f"cannot build {spec!r}: {type(exc).__name__}: {exc}") from None
+            reason = " ".join(str(exc).split())
+            raise ModelSpecError(f"cannot build {spec!r}: {type(exc).__name__}: {reason}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ModelSpecError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def _timm(name: str) -> Any:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from lwd_rules import scaling
 from lwd_rules.errors import Location, Problem, RuleError
 from lwd_rules.grouping import Grouper, Settings
-from lwd_rules.identify import DEFAULT, LayerIdentifier, canonical_name, count_variables
+from lwd_rules.identify import DEFAULT, PLUGIN, LayerIdentifier, canonical_name, count_variables
 from lwd_rules.plan import Convention, ParamRow, Plan, Skipped
 from lwd_rules.rules.load import Source, extend, load_rules, rebase
 from lwd_rules.rules.ruleset import RuleSet
@@ -47,12 +47,12 @@ def resolve(
     left out of the optimizer and listed in ``plan.skipped``.
     """
     registry = registry or _default_registry()
-    rules = load_rules({} if source is None else source, lookup=registry.rule_set)
+    rules = load_rules({} if source is None else source, registry=registry)
     shortcuts = _shortcuts(layer_decay, weight_decay, lr)
     if shortcuts:
         rules = extend(rules, shortcuts, "<keyword arguments>")
     if not rules.maps_layers:
-        rules = rebase(rules, _detect(model, registry), lookup=registry.rule_set)
+        rules = rebase(rules, _detect(unwrap(model), registry), registry=registry)
     return _Resolver(model, rules, registry, strict).run()
 
 
@@ -108,6 +108,8 @@ class _Resolver:
         self.problems: list[Problem] = []
         self.coverage: list[Problem] = []
         self.unused: list[str] = []
+        self.bare = unwrap(model)  # what hooks see: DDP / torch.compile wrappers removed
+        self.plugin_owner = ""
         self.warnings: list[str] = []
         self.top = rules.chain[-1][0].locate(())
 
@@ -133,7 +135,8 @@ class _Resolver:
         env = self._variables(named)
         if rules.num_layers is not None:
             env["num_layers"] = self._num_layers(env)
-        identifier = LayerIdentifier(rules.rules, rules.default, env)
+        plugin_ids = self._plugin_ids() if config.layers.ids_from_plugins else None
+        identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
         trainable = [(canon, name, p) for canon, name, p in named if p.requires_grad]
         ids: list[int] = []
         sources: list[int] = []
@@ -153,7 +156,11 @@ class _Resolver:
             left_out = set(unmatched)
             skipped += [Skipped(name, "no rule matches") for canon, name, _ in trainable if canon in left_out]
             trainable = [entry for entry in trainable if entry[0] not in left_out]
-        num_layers = env.setdefault("num_layers", max(max(ids, default=1) - 1, 0))
+        if "num_layers" not in env:  # N = highest id - 1, frozen parameters included so freezing shifts nothing
+            frozen = (identifier.identify(canon) for canon, _, p in named if not p.requires_grad)
+            env["num_layers"] = max(max([*ids, *(found[0] for found in frozen if found)], default=1) - 1, 0)
+        num_layers = env["num_layers"]
+        self._report_defaulted(trainable, sources)
         self._check_range(trainable, ids, sources, num_layers)
         raw_scales = self._scales(num_layers)
         decay = config.layer_decay
@@ -165,10 +172,12 @@ class _Resolver:
         overrides = rules.overrides
         override_used = [False] * len(overrides)
         grouper = Grouper()
-        rule_labels = {index: _label(rule.origin, rule.path) for index, rule in enumerate(rules.rules)}
+        owners = {raw.file: str(provenance) for raw, provenance in rules.chain}
+        rule_labels: dict[int, tuple[str, str]] = {index: (_label(rule.origin, rule.path), owners.get(rule.origin.file, "")) for index, rule in enumerate(rules.rules)}
+        rule_labels[PLUGIN] = ("lwd_layer_ids hook", self.plugin_owner)
         if rules.default is not None:
-            rule_labels[DEFAULT] = _label(rules.default.origin, rules.default.path)
-        rows: list[tuple[str, int, float, float, int, str, int, int]] = []
+            rule_labels[DEFAULT] = (_label(rules.default.origin, rules.default.path), owners.get(rules.default.origin.file, ""))
+        rows: list[tuple[str, int, float, float, int, str, str, int, int]] = []
         conflicts: dict[tuple[int, int, str], list[str]] = {}
         for (canon, name, param), layer_id, source in zip(trainable, ids, sources):
             if decay.below_min == "freeze" and raw_scales[layer_id] < decay.min_scale:
@@ -192,12 +201,12 @@ class _Resolver:
                 skipped.append(Skipped(name, "frozen by an override"))
                 continue
             group = grouper.add(param, Settings(lr_scale, wd), layer_id)
-            rows.append((name, layer_id, lr_scale, wd, group, rule_labels[source], param.numel(), ndim))
+            rows.append((name, layer_id, lr_scale, wd, group, *rule_labels[source], param.numel(), ndim))
         self._report_unused(named, identifier.used, excl_used, override_used)
         self._report_conflicts(conflicts)
         self.fail_if_problems()
         groups = grouper.param_groups()
-        params = [ParamRow(n, i, s, w, groups[g]["group_name"], r, numel, nd) for n, i, s, w, g, r, numel, nd in rows]
+        params = [ParamRow(n, i, s, w, groups[g]["group_name"], r, o, numel, nd) for n, i, s, w, g, r, o, numel, nd in rows]
         return Plan(
             rules=rules,
             num_layers=num_layers,
@@ -224,7 +233,7 @@ class _Resolver:
         rules = self.rules
         env: dict[str, Any] = {}
         if rules.config.layers.variables:
-            env.update(self.registry.layer_variables(self.model, rules.name or ""))
+            env.update(self.registry.layer_variables(self.bare, rules.name or ""))
             missing = [v for v in rules.config.layers.variables if v not in env]
             if missing:
                 where = rules.chain[-1][0]
@@ -234,6 +243,25 @@ class _Resolver:
             env.update(count_variables(rules.counts, (canon for canon, _, _ in named)))
         self.fail_if_problems()
         return env
+
+    def _plugin_ids(self) -> dict[str, int]:
+        """Layer ids from the ``lwd_layer_ids`` hook, by canonical name (``layers.ids_from_plugins``)."""
+        name = self.rules.name or ""
+        answer = self.registry.layer_ids(self.bare, name)
+        if answer is None:
+            raise RuleError.single(self.top, "layers.ids_from_plugins", f"no plugin provides layer ids for rule set {name!r} and {type(self.bare).__name__}")
+        ids, self.plugin_owner = answer
+        return {canonical_name(k, self.rules.strip_components): v for k, v in ids.items()}
+
+    def _report_defaulted(self, trainable: list[tuple[str, str, Any]], sources: list[int]) -> None:
+        """``checks.defaulted``: parameters that only ``layers.default`` placed (timm's silent fallback)."""
+        mode = self.rules.config.checks.defaulted
+        if mode == "ignore" or self.rules.default is None:
+            return
+        names = [canon for (canon, _, _), source in zip(trainable, sources) if source == DEFAULT]
+        if names:
+            default = self.rules.default
+            self.report(mode, Problem(default.origin, default.path, f"{len(names)} parameter(s) matched no rule and took the default id: {_listing(names)}"))
 
     def _num_layers(self, env: dict[str, Any]) -> int:
         located = self.rules.num_layers
@@ -354,9 +382,11 @@ def build_optimizer(plan: Plan, *, optimizer: str | None = None, convention: Con
     kwargs = {**(config.model_extra or {}), **optimizer_kwargs}
     if plan.lr is None:
         raise RuleError.single(Location("<arguments>"), "optimizer.lr", "no learning rate: pass lr= or set optimizer.lr in the rules")
-    opt_class = _optimizer_class(name)
-    _check_kwargs(name, opt_class, kwargs)
-    return opt_class(plan.optimizer_groups(plan.lr, convention), lr=plan.lr, **kwargs)
+    _check_kwargs(name, _optimizer_class(name), kwargs)
+    import timm.optim
+
+    # timm's factory adds its per-optimizer defaults (momentum for sgd, lookahead_ prefixes).
+    return timm.optim.create_optimizer_v2(plan.optimizer_groups(plan.lr, convention), opt=name, lr=plan.lr, **kwargs)
 
 
 def optimizer_names() -> list[str]:
@@ -370,7 +400,7 @@ def _optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     import timm.optim
 
     try:
-        return timm.optim.get_optimizer_class(name, bind_defaults=True)  # type: ignore[return-value]
+        return timm.optim.get_optimizer_class(name.lower().removeprefix("lookahead_"), bind_defaults=True)  # type: ignore[return-value]
     except (ValueError, KeyError):
         raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(optimizer_names())}") from None
 

@@ -16,7 +16,11 @@ SCALE_KEY = {"torch": "lwd_lr_scale", "timm": "lr_scale"}
 
 @dataclass(frozen=True, slots=True)
 class ParamRow:
-    """One trainable parameter: where it landed and why."""
+    """One trainable parameter: where it landed and why.
+
+    ``rule`` is the ``file:line`` of the rule that set its layer id; ``source`` names that file's
+    rule set and the plugin distribution and version that shipped it.
+    """
 
     name: str
     layer_id: int
@@ -24,6 +28,7 @@ class ParamRow:
     weight_decay: float
     group: str
     rule: str
+    source: str
     numel: int
     ndim: int
 

@@ -89,6 +89,8 @@ class Registry:
         """Call each implementation separately (highest priority first) so one failing plugin spares the rest."""
         caller = getattr(self.pm.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue  # wrappers observe a whole call; called one by one, there is none to wrap
             try:
                 result = impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:  # noqa: BLE001 - a plugin's bug must not take the others down
@@ -137,6 +139,20 @@ class Registry:
                 owners[key] = plugin
         return merged
 
+    def layer_ids(self, model: Any, rule_set: str) -> tuple[dict[str, int], str] | None:
+        """Merge every plugin's layer ids for ``rule_set`` and name who gave them; None if nobody answered."""
+        merged: dict[str, int] = {}
+        owners: list[str] = []
+        for plugin, answer in self._call_each("lwd_layer_ids", model=model, rule_set=rule_set):
+            if answer is None:
+                continue
+            dist, version = self._dists.get(plugin, (None, None))
+            owners.append(f"{dist or plugin} {version or ''}".strip())
+            for name, layer_id in answer.items():
+                if merged.setdefault(name, layer_id) != layer_id:
+                    raise PluginError(f"plugins {', '.join(owners)} place {name!r} at different layer ids ({merged[name]} and {layer_id})")
+        return (merged, ", ".join(owners)) if owners else None
+
     def detect(self, model: Any) -> str | None:
         """The first rule-set name a plugin's ``lwd_detect`` gives for ``model``."""
         for _, answer in self._call_each("lwd_detect", model=model):
@@ -180,6 +196,8 @@ def load_entry_points(registry: Registry) -> None:
             continue
         try:
             plugin = point.load()
+            if registry.pm.is_registered(plugin):  # already passed in by hand (lwd_rules.testing)
+                continue
             registry.register(plugin, point.name, dist_name, version)
             registry.pm.check_pending()
         except Exception as exc:  # noqa: BLE001 - named and kept; other plugins still load

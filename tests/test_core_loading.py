@@ -21,7 +21,7 @@ def write(path: Path, *lines: str) -> Path:
 
 def load_error(source) -> RuleError:
     with pytest.raises(RuleError) as info:
-        load_rules(source, lookup=new_registry().rule_set)
+        load_rules(source, registry=new_registry())
     return info.value
 
 
@@ -134,7 +134,7 @@ def test_unknown_key_without_close_match_lists_allowed_keys(tmp_path: Path) -> N
     path = write(tmp_path / "odd.yaml", "checks:", "  zzz: error")
     problem = single(load_error(path))
     assert (problem.location.line, problem.path) == (2, "checks.zzz")
-    assert problem.message == "unknown key 'zzz'; allowed: override_conflicts, unused_patterns"
+    assert problem.message == "unknown key 'zzz'; allowed: defaulted, override_conflicts, unused_patterns"
 
 
 def test_unknown_keys_in_toml_are_located(tmp_path: Path) -> None:
@@ -330,21 +330,22 @@ def test_oversize_file_is_rejected_but_exactly_one_mib_is_read(tmp_path: Path) -
     at_limit = tmp_path / "limit.yaml"
     at_limit.write_bytes(body + b"#" * (1_048_576 - len(body) - 1) + b"\n")
     assert at_limit.stat().st_size == 1_048_576
-    assert load_rules(at_limit, lookup=new_registry().rule_set).config.layers.default == 0
+    assert load_rules(at_limit, registry=new_registry()).config.layers.default == 0
 
     big = tmp_path / "big.yaml"
     big.write_bytes(body + b"#" * (1_048_576 - len(body)) + b"\n")
     assert big.stat().st_size == 1_048_577
     problem = single(load_error(big))
-    assert (problem.location.file, problem.location.line, problem.path) == (str(big), None, "")
+    assert (problem.location.file, problem.location.line, problem.path) == (str(big), 1, "")
     assert "1048577 bytes" in problem.message
+    assert str(load_error(big)).startswith(f"{big}:1: <root>: ")
 
 
 def test_directory_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.mkdir()
     problem = single(load_error(path))
-    assert (problem.location.file, problem.location.line, problem.path) == (str(path), None, "")
+    assert (problem.location.file, problem.location.line, problem.path) == (str(path), 1, "")
     assert problem.message == "is a directory, not a rule file"
 
 
@@ -352,7 +353,7 @@ def test_directory_is_rejected(tmp_path: Path) -> None:
 def test_nonexistent_file(tmp_path: Path, as_str: bool) -> None:
     path = tmp_path / "missing.yaml"
     problem = single(load_error(str(path) if as_str else path))
-    assert (problem.location.file, problem.location.line, problem.path) == (str(path), None, "")
+    assert (problem.location.file, problem.location.line, problem.path) == (str(path), 1, "")
     assert problem.message == "no such file"
 
 
@@ -360,7 +361,45 @@ def test_nonexistent_file_through_resolve(tmp_path: Path) -> None:
     path = tmp_path / "missing.toml"
     with pytest.raises(RuleError) as info:
         resolve(Tiny(), str(path), registry=new_registry())
-    assert where(info.value) == [(str(path), None, "")]
+    assert where(info.value) == [(str(path), 1, "")]
+
+
+def test_unknown_file_suffix(tmp_path: Path) -> None:
+    path = write(tmp_path / "rules.txt", "layers:", "  default: 0")
+    problem = single(load_error(path))
+    assert (problem.location.file, problem.location.line, problem.path) == (str(path), 1, "")
+    assert problem.message.startswith("unknown rule file type '.txt'")
+
+
+def test_yaml_merge_keys_load(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "anchors.yaml",
+        "layers:",  # 1
+        "  default: 0",  # 2
+        "overrides:",  # 3
+        "  - &common",  # 4
+        "    match: '^stem'",  # 5
+        "    lr_mult: 2.0",  # 6
+        "  - <<: *common",  # 7
+        "    match: '^head'",  # 8
+    )
+    rules = load_rules(path, registry=new_registry())
+    assert [(o.match, o.lr_mult) for o in rules.config.overrides] == [("^stem", 2.0), ("^head", 2.0)]
+
+
+def test_toml_inline_array_of_tables_errors_point_at_the_element_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "inline.toml",
+        "[layers]",  # 1
+        "default = 0",  # 2
+        "rules = [",  # 3
+        '  { match = "a", layer = 0 },',  # 4
+        '  { match = "b", layr = 1 },',  # 5
+        "]",  # 6
+    )
+    error = load_error(path)
+    got = {(p.location.line, p.path) for p in error.problems}
+    assert (5, "layers.rules[1].layr") in got, str(error)
 
 
 # --------------------------------------------------------------------------- extends
@@ -406,7 +445,7 @@ def test_extends_cycle_through_parent_directory_paths_is_reported_as_a_cycle(tmp
 def test_files_sharing_a_name_field_are_not_a_cycle(tmp_path: Path) -> None:
     write(tmp_path / "base.yaml", "name: my-rules", "layers:", "  default: 0", "layer_decay:", "  rate: 0.5")
     child = write(tmp_path / "child.yaml", "name: my-rules", "extends: base.yaml", "layer_decay:", "  rate: 0.8")
-    rules = load_rules(child, lookup=new_registry().rule_set)
+    rules = load_rules(child, registry=new_registry())
     assert rules.config.layer_decay.rate == 0.8
     assert rules.config.layers.default == 0
 
@@ -425,7 +464,7 @@ def test_extends_chain_with_relative_paths(tmp_path: Path) -> None:
         "weight_decay:",
         "  value: 0.1",
     )
-    rules = load_rules(child, lookup=new_registry().rule_set)
+    rules = load_rules(child, registry=new_registry())
     assert [Path(p.file).resolve() for p in rules.provenance] == [
         base.resolve(),
         (tmp_path / "base" / "mid.yaml").resolve(),
@@ -540,8 +579,8 @@ def test_yaml_toml_json_and_dict_give_identical_rules_and_plans(tmp_path: Path) 
     toml_path = write(tmp_path / "r.toml", *TINY_TOML)
     json_path = tmp_path / "r.json"
     json_path.write_text(json.dumps(TINY_DICT, indent=2))
-    lookup = new_registry().rule_set
-    loaded = [load_rules(s, lookup=lookup) for s in (yaml_path, yml_path, toml_path, json_path, TINY_DICT)]
+    registry = new_registry()
+    loaded = [load_rules(s, registry=registry) for s in (yaml_path, yml_path, toml_path, json_path, TINY_DICT)]
     assert all(isinstance(r, RuleSet) for r in loaded)
     for other in loaded[1:]:
         assert other.config == loaded[0].config
@@ -562,7 +601,7 @@ def test_yaml_toml_json_and_dict_give_identical_rules_and_plans(tmp_path: Path) 
 
 
 def test_ruleset_source_is_used_as_is() -> None:
-    rules = load_rules(TINY_DICT, lookup=new_registry().rule_set)
+    rules = load_rules(TINY_DICT, registry=new_registry())
     assert load_rules(rules) is rules
     plan = resolve(Tiny(), rules, registry=new_registry())
     assert plan.rules is rules
@@ -594,7 +633,7 @@ def test_keyword_shortcuts_override_file_values(tmp_path: Path) -> None:
 
 
 def test_keyword_shortcuts_apply_to_dict_and_ruleset_sources() -> None:
-    rules = load_rules(TINY_DICT, lookup=new_registry().rule_set)
+    rules = load_rules(TINY_DICT, registry=new_registry())
     for source in (TINY_DICT, rules):
         plan = resolve(Tiny(), source, layer_decay=0.25, registry=new_registry())
         rows = {r.name: r for r in plan.params}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import os
 import fnmatch
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Protocol, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -32,29 +33,32 @@ class Registered:
     version: str | None = None
 
 
-Lookup = Callable[[str], "Registered | None"]
+class RuleSetSource(Protocol):
+    """Where registered rule sets come from: ``lwd_rules.plugins.Registry`` or a test double."""
+
+    def rule_set(self, name: str) -> Registered | None: ...
+
+    def rule_sets(self) -> Mapping[str, Registered]: ...
+
+
 Source = Union["rs.RuleSet", Mapping[str, Any], str, Path]
 
 
-def default_lookup(name: str) -> Registered | None:
-    """Find a rule set registered by an installed plugin (loads plugins on first use)."""
+def _installed() -> RuleSetSource:
+    """The process-wide plugin registry (loads plugins on first use)."""
     from lwd_rules.plugins import get_registry
 
-    return get_registry().rule_set(name)
+    return get_registry()
 
 
-def registered_names() -> list[str]:
-    """Names of every registered rule set (for "did you mean" hints)."""
-    from lwd_rules.plugins import get_registry
+def load_rules(source: Source, *, registry: RuleSetSource | None = None) -> rs.RuleSet:
+    """Load a rule set from a path, a registered name, a dict shaped like a rule file, or a ``RuleSet``.
 
-    return sorted(get_registry().rule_sets())
-
-
-def load_rules(source: Source, *, lookup: Lookup | None = None) -> rs.RuleSet:
-    """Load a rule set from a path, a registered name, a dict shaped like a rule file, or a ``RuleSet``."""
+    Registered names are looked up in ``registry`` (default: the installed plugins).
+    """
     if isinstance(source, rs.RuleSet):
         return source
-    chain = _load_chain(source, lookup or default_lookup, stack=())
+    chain = _load_chain(source, registry or _installed(), stack=())
     return build(chain)
 
 
@@ -64,9 +68,9 @@ def extend(rules: rs.RuleSet, data: Mapping[str, Any], label: str) -> rs.RuleSet
     return build(rules.chain + ((raw, rs.Provenance(file=label)),))
 
 
-def rebase(rules: rs.RuleSet, base: str | Path, *, lookup: Lookup | None = None) -> rs.RuleSet:
+def rebase(rules: rs.RuleSet, base: str | Path, *, registry: RuleSetSource | None = None) -> rs.RuleSet:
     """``rules`` as if it had started with ``extends: base`` (used when ``lwd_detect`` picks the base)."""
-    base_chain = _load_chain(base, lookup or default_lookup, stack=())
+    base_chain = _load_chain(base, registry or _installed(), stack=())
     return build(base_chain + rules.chain)
 
 
@@ -81,10 +85,10 @@ def _is_path_like(text: str) -> bool:
 Chain = tuple[tuple[RawRules, "rs.Provenance"], ...]
 
 
-def _load_chain(source: Mapping[str, Any] | str | Path, lookup: Lookup, stack: tuple[str, ...], *, base_dir: Path | None = None, at: Location | None = None) -> Chain:
+def _load_chain(source: Mapping[str, Any] | str | Path, registry: RuleSetSource, stack: tuple[str, ...], *, base_dir: Path | None = None, at: Location | None = None) -> Chain:
     """The raw layers of ``source`` and everything it extends, base first."""
-    raw, provenance = _read_one(source, lookup, base_dir=base_dir, at=at)
-    key = provenance.name or raw.file
+    raw, provenance = _read_one(source, registry, base_dir=base_dir, at=at)
+    key = str(Path(raw.file).resolve()) if _real_file(raw.file) else raw.file
     if key in stack:
         cycle = " -> ".join(stack[stack.index(key):] + (key,))
         raise RuleError.single(at or raw.locate(("extends",)), "extends", f"extends cycle: {cycle}")
@@ -96,7 +100,7 @@ def _load_chain(source: Mapping[str, Any] | str | Path, lookup: Lookup, stack: t
     if not isinstance(parent, str):
         raise RuleError.single(raw.locate(("extends",)), "extends", "must be a rule-set name or a path")
     here = Path(raw.file).parent if _real_file(raw.file) else None
-    parent_chain = _load_chain(parent, lookup, stack + (key,), base_dir=here, at=raw.locate(("extends",)))
+    parent_chain = _load_chain(parent, registry, stack + (key,), base_dir=here, at=raw.locate(("extends",)))
     return parent_chain + ((raw, provenance),)
 
 
@@ -104,22 +108,22 @@ def _real_file(name: str) -> bool:
     return not (name.startswith("<") and name.endswith(">"))
 
 
-def _read_one(source: Mapping[str, Any] | str | Path, lookup: Lookup, *, base_dir: Path | None, at: Location | None) -> tuple[RawRules, rs.Provenance]:
+def _read_one(source: Mapping[str, Any] | str | Path, registry: RuleSetSource, *, base_dir: Path | None, at: Location | None) -> tuple[RawRules, rs.Provenance]:
     if isinstance(source, Mapping):
         return RawRules(_plain_dict(source), DICT_FILE, {}), rs.Provenance(file=DICT_FILE)
     text = str(source)
     if isinstance(source, Path) or _is_path_like(text):
         path = Path(text)
         if base_dir is not None and not path.is_absolute():
-            path = base_dir / path
+            path = Path(os.path.normpath(base_dir / path))
         if at is not None and not path.exists():
             raise RuleError.single(at, "extends", f"no such rule file: {path}")
         raw = read_rule_file(path)
         return raw, rs.Provenance(file=raw.file, name=_name_of(raw))
-    registered = lookup(text)
+    registered = registry.rule_set(text)
     if registered is None:
         message = f"no rule set named {text!r}"
-        names = registered_names() if lookup is default_lookup else []
+        names = sorted(registry.rule_sets())
         close = difflib.get_close_matches(text, names, n=1)
         if close:
             message += f" (did you mean {close[0]!r}?)"

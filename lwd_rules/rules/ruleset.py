@@ -122,4 +122,4 @@ class RuleSet:
     def maps_layers(self) -> bool:
         """Whether the rules say anything about layer ids (otherwise ``lwd_detect`` picks a rule set)."""
         layers = self.config.layers
-        return bool(layers.rules) or layers.default is not None or layers.num_layers is not None
+        return bool(layers.rules) or layers.default is not None or layers.num_layers is not None or layers.ids_from_plugins

@@ -46,6 +46,9 @@ class Layers(Strict):
         ),
     )
     rules: list[LayerRule] = Field(default_factory=list, description="Ordered rules; the first that matches wins.")
+    ids_from_plugins: bool = Field(
+        False, description="Names no rule matches take the id a plugin's lwd_layer_ids hook gives (before default)."
+    )
     default: Formula | None = Field(
         None, description="Layer id for names no rule matches; absent means such parameters are an error."
     )
@@ -121,6 +124,9 @@ class Checks(Strict):
 
     unused_patterns: Check = Field(
         "error", description="A layers.rules / overrides / exclude pattern that matches no parameter."
+    )
+    defaulted: Check = Field(
+        "ignore", description="A trainable parameter that only layers.default placed (no rule, no plugin id)."
     )
     override_conflicts: Check = Field(
         "error", description="Two overrides setting one field of one parameter to different values."

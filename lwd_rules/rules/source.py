@@ -59,7 +59,7 @@ def read_rule_file(path: Path) -> RawRules:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise RuleError.single(Location(name, line), "", f"file is not UTF-8 (byte 0x{raw[exc.start]:02x})") from None
-    return parse_text(text, name, fmt)
+    return parse_text(text.removeprefix("\ufeff"), name, fmt)
 
 
 def parse_text(text: str, file: str, fmt: str) -> RawRules:
@@ -110,7 +110,10 @@ def _plain(node: Any, path: FieldPath, lines: dict[FieldPath, int]) -> Any:
         out = {}
         for key, value in node.items():
             key_text = str(key)
-            lines[path + (key_text,)] = node.lc.key(key)[0] + 1
+            try:
+                lines[path + (key_text,)] = node.lc.key(key)[0] + 1
+            except KeyError:  # a key merged in with `<<: *anchor` has no position of its own here
+                lines[path + (key_text,)] = node.lc.line + 1
             out[key_text] = _plain(value, path + (key_text,), lines)
         return out
     if isinstance(node, CommentedSeq):

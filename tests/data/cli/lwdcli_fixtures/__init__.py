@@ -1,0 +1,1 @@
+"""Fixtures for tests/test_cli_*.py: model factories for ``lwd-rules explain --model lwdcli_fixtures.models:NAME``."""
