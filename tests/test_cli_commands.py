@@ -246,3 +246,10 @@ def test_schema_output_writes_the_same_schema_to_a_file(tmp_path: Path) -> None:
     assert result.code == 0
     assert result.stdout == f"wrote {target}\n"
     assert json.loads(target.read_text()) == json.loads(run("schema").stdout)
+
+
+def test_schema_output_into_a_missing_directory_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "dir" / "schema.json"
+    result = run("schema", "--output", target)
+    assert result.code in (1, 2)  # a problem (1) or a usage error (2), but no exception
+    assert str(target) in result.stdout + result.stderr

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from lwd_rules import hookimpl
 from lwd_rules.cli import app
-from lwd_rules.plugins import use_registry
+from lwd_rules.plugins import new_registry, use_registry
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 ROOT = Path(__file__).resolve().parents[1]
@@ -387,3 +388,33 @@ def test_usage_errors_exit_2(args: list[str], phrase: str) -> None:
     result = run(*args)
     assert result.code == 2
     assert phrase in result.stderr
+
+
+def test_file_name_too_long_is_one_located_line(tmp_path: Path) -> None:
+    path = tmp_path / ("a" * 300 + ".yaml")  # stat() fails with ENAMETOOLONG, not "does not exist"
+    result = run("validate", path)
+    assert result.code == 1
+    assert len(result.lines) == 1, result.stdout
+    file, line, field, _ = parse(result.lines[0])
+    assert (file, line, field) == (str(path), 1, "<root>")
+
+
+class _ExplodingRuleSets:
+    """A plugin whose lwd_rule_sets raises (fatal with LWD_RULES_STRICT_PLUGINS=1)."""
+
+    @hookimpl
+    def lwd_rule_sets(self):
+        raise RuntimeError("boom")
+
+
+def test_failing_plugin_under_strict_mode_is_reported_at_the_extends_line(tmp_path: Path) -> None:
+    import lwd_rules_convnext
+
+    use_registry(new_registry([("convnext", lwd_rules_convnext), ("exploding", _ExplodingRuleSets())], strict=True))
+    path = write(tmp_path, "rules.yaml", "version: 1\nextends: convnext\n")
+    result = run("validate", path)
+    assert result.code == 1
+    assert len(result.lines) == 1, result.stdout
+    file, line, field, message = parse(result.lines[0])  # the format is always file:line:
+    assert (file, line, field) == (str(path), 2, "extends")
+    assert "plugin 'exploding'" in message and "RuntimeError: boom" in message

@@ -145,6 +145,9 @@ def _parse_json(text: str, file: str) -> tuple[Any, dict[FieldPath, int]]:
 
 _TOML_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
 _TOML_KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=")
+_TOML_STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'[^']*'")
+_TOML_ELEMENT = re.compile(r"\{[^{}]*\}|[^,\s\[\]{}][^,\[\]{}]*")
+_TOML_INLINE_KEY = re.compile(r"([A-Za-z0-9_\-]+)\s*=")
 
 
 def _toml_keys(text: str) -> list[str]:
@@ -163,7 +166,21 @@ def _parse_toml(text: str, file: str) -> tuple[Any, dict[FieldPath, int]]:
     lines: dict[FieldPath, int] = {}
     table: FieldPath = ()
     array_counts: dict[FieldPath, int] = {}
+    array: FieldPath | None = None  # a multi-line inline array being read, with its item count and depth
+    item = depth = 0
     for number, line in enumerate(text.splitlines(), start=1):
+        bare = _TOML_STRING.sub('""', line).split("#", 1)[0]  # strings blanked first: a '#' inside one is no comment
+        if array is not None:
+            for element in _TOML_ELEMENT.finditer(bare):
+                if depth == 1:
+                    lines.setdefault(array + (item,), number)
+                    for key in _TOML_INLINE_KEY.findall(element.group(0)):
+                        lines.setdefault(array + (item, key), number)
+                    item += 1
+            depth += bare.count("[") - bare.count("]")
+            if depth <= 0:
+                array = None
+            continue
         header = _TOML_HEADER.match(line)
         if header:
             keys = tuple(_toml_keys(header.group(2)))
@@ -178,5 +195,9 @@ def _parse_toml(text: str, file: str) -> tuple[Any, dict[FieldPath, int]]:
             continue
         key = _TOML_KEY.match(line)
         if key and not line.lstrip().startswith("#"):
-            lines.setdefault(table + tuple(_toml_keys(key.group(1))), number)
+            path = table + tuple(_toml_keys(key.group(1)))
+            lines.setdefault(path, number)
+            value = bare[bare.index("=") + 1 :].strip()
+            if value.startswith("[") and value.count("[") > value.count("]"):
+                array, item, depth = path, 0, value.count("[") - value.count("]")
     return data, lines
