@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lwd_rules import __version__
-from lwd_rules.errors import Location, PluginError, Problem, RuleError
+from lwd_rules.errors import PluginError, Problem, RuleError
 
 app = typer.Typer(
     name="lwd-rules",
@@ -82,8 +82,6 @@ def validate(
             load_rules(path)
         except RuleError as exc:
             problems.extend(exc.problems)
-        except PluginError as exc:
-            problems.append(Problem(Location(str(path)), "extends", str(exc)))
         else:
             if fmt is ProblemFormat.text:
                 out.print(f"{path}: ok", markup=False)
@@ -270,5 +268,9 @@ def schema(
     if output is None:
         sys.stdout.write(text)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            err.print(f"{output}: cannot write: {exc.strerror or exc}", markup=False)
+            raise typer.Exit(EXIT_PROBLEMS) from None
         out.print(f"wrote {output}", markup=False)

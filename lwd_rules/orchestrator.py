@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
+import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lwd_rules import scaling
@@ -185,7 +187,7 @@ class _Resolver:
                 continue
             ndim = param.ndim
             wd = base_wd
-            if canon in no_wd:
+            if no_wd(canon):
                 wd = 0.0
             else:
                 for index, exclusion in enumerate(exclusions):
@@ -233,12 +235,14 @@ class _Resolver:
         rules = self.rules
         env: dict[str, Any] = {}
         if rules.config.layers.variables:
+            seen = len(self.registry.failures)
             env.update(self.registry.layer_variables(self.bare, rules.name or ""))
             missing = [v for v in rules.config.layers.variables if v not in env]
             if missing:
                 where = rules.chain[-1][0]
                 location = next((raw.locate(("layers", "variables")) for raw, _ in reversed(rules.chain) if "variables" in raw.data.get("layers", {})), where.locate(()))
-                self.problems.append(Problem(location, "layers.variables", f"no plugin provided {', '.join(map(repr, missing))} for rule set {rules.name!r} and {type(self.model).__name__}"))
+                message = f"no plugin provided {', '.join(map(repr, missing))} for rule set {rules.name!r} and {type(self.bare).__name__}"
+                self.problems.append(Problem(location, "layers.variables", message + self._failures_since(seen)))
         if rules.counts:
             env.update(count_variables(rules.counts, (canon for canon, _, _ in named)))
         self.fail_if_problems()
@@ -247,11 +251,18 @@ class _Resolver:
     def _plugin_ids(self) -> dict[str, int]:
         """Layer ids from the ``lwd_layer_ids`` hook, by canonical name (``layers.ids_from_plugins``)."""
         name = self.rules.name or ""
+        seen = len(self.registry.failures)
         answer = self.registry.layer_ids(self.bare, name)
         if answer is None:
-            raise RuleError.single(self.top, "layers.ids_from_plugins", f"no plugin provides layer ids for rule set {name!r} and {type(self.bare).__name__}")
+            message = f"no plugin provides layer ids for rule set {name!r} and {type(self.bare).__name__}"
+            raise RuleError.single(self.top, "layers.ids_from_plugins", message + self._failures_since(seen))
         ids, self.plugin_owner = answer
         return {canonical_name(k, self.rules.strip_components): v for k, v in ids.items()}
+
+    def _failures_since(self, seen: int) -> str:
+        """Plugin failures recorded while answering this resolve, to explain a missing answer."""
+        failures = self.registry.failures[seen:]
+        return "".join(f"; {failure}" for failure in failures)
 
     def _report_defaulted(self, trainable: list[tuple[str, str, Any]], sources: list[int]) -> None:
         """``checks.defaulted``: parameters that only ``layers.default`` placed (timm's silent fallback)."""
@@ -290,13 +301,16 @@ class _Resolver:
             origin = next((raw.locate(("layer_decay", "values")) for raw, _ in reversed(self.rules.chain) if "values" in raw.data.get("layer_decay", {})), self.top)
             raise RuleError.single(origin, "layer_decay.values", str(exc)) from None
 
-    def _model_no_weight_decay(self) -> frozenset[str]:
+    def _model_no_weight_decay(self) -> Callable[[str], bool]:
+        """``model.no_weight_decay()`` as a test on canonical names: exact names, and globs as timm reads them."""
         if not self.rules.config.weight_decay.use_model_no_weight_decay:
-            return frozenset()
-        inner = unwrap(self.model)
-        method = getattr(inner, "no_weight_decay", None)
+            return _never
+        method = getattr(self.bare, "no_weight_decay", None)
         names: Iterable[str] = method() if callable(method) else ()
-        return frozenset(canonical_name(n, self.rules.strip_components) for n in names)
+        canonical = {canonical_name(n, self.rules.strip_components) for n in names}
+        exact = frozenset(n for n in canonical if not any(c in n for c in "*?["))
+        globs = [re.compile(fnmatch.translate(n)) for n in canonical - exact]
+        return lambda name: name in exact or any(g.match(name) for g in globs)
 
     def _apply_overrides(self, canon: str, lr_scale: float, wd: float, used: list[bool], conflicts: dict[tuple[int, int, str], list[str]]) -> tuple[float, float, bool]:
         mult = 1.0
@@ -341,6 +355,10 @@ class _Resolver:
         for (first, second, field), names in conflicts.items():
             a, b = self.rules.overrides[first], self.rules.overrides[second]
             self.report(mode, Problem(b.origin, f"{b.path}.{field}", f"conflicts with {a.path} ({a.origin}) on {_listing(names)}"))
+
+
+def _never(name: str) -> bool:
+    return False
 
 
 def _label(origin: Location, path: str) -> str:

@@ -25,7 +25,7 @@ def hookspec_names() -> list[str]:
 def test_every_hookspec_has_a_section_in_hooks_md():
     text = (ROOT / "docs" / "plugins" / "hooks.md").read_text(encoding="utf-8")
     sections = set(re.findall(r"^## (\w+)", text, flags=re.MULTILINE))
-    assert hookspec_names() == sorted(["lwd_detect", "lwd_layer_variables", "lwd_rule_sets"])
+    assert hookspec_names() == sorted(["lwd_detect", "lwd_layer_ids", "lwd_layer_variables", "lwd_rule_sets"])
     assert set(hookspec_names()) <= sections, f"undocumented hooks: {set(hookspec_names()) - sections}"
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 import lwd_rules_convnext
+import lwd_rules_timm
 
 DISTRIBUTIONS = ("lwd-rules-toyplug", "lwd-rules-brokenplug", "lwd-rules-typoplug")
 ENV_VARS = ("LWD_RULES_PLUGINS", "LWD_RULES_STRICT_PLUGINS")
@@ -357,6 +358,8 @@ CONVNEXT_FILE = str(Path(lwd_rules_convnext.__file__).parent / "rules" / "convne
 HOOKS = ["lwd_detect", "lwd_layer_variables", "lwd_rule_sets"]
 CONVNEXT_INFO = ["convnext", "lwd-rules-convnext", "0.1.0", HOOKS]
 TOYPLUG_INFO = ["toyplug", "lwd-rules-toyplug", "0.3.0", HOOKS]
+# the bundled timm plugin is installed too (make test installs every plugins/* distribution)
+TIMM_INFO = ["timm", "lwd-rules-timm", "0.1.0", ["lwd_detect", "lwd_layer_ids", "lwd_layer_variables", "lwd_rule_sets"]]
 TOY_PROVENANCE = [TOY_FILE, "toy", "lwd-rules-toyplug", "0.3.0"]
 
 
@@ -438,7 +441,7 @@ def error(entry: dict[str, Any]) -> tuple[str, str]:
 def test_installed_plugin_is_listed_with_distribution_and_version(reports: Any) -> None:
     registry = ok(reports["default"]["registry"])
     assert registry["same_object"] is True
-    assert registry["plugins"] == [CONVNEXT_INFO, TOYPLUG_INFO]
+    assert registry["plugins"] == [CONVNEXT_INFO, TIMM_INFO, TOYPLUG_INFO]
 
 
 def test_plugin_is_imported_from_site_packages(reports: Any) -> None:
@@ -463,7 +466,8 @@ def test_registered_rule_sets_record_their_distribution(reports: Any) -> None:
     assert sets["convnext"] == [CONVNEXT_FILE, "lwd-rules-convnext", "0.1.0"]
     assert "typo-set" not in sets
     assert sorted(sets) == sorted(
-        ["toy", "toy-fast"] + [p.stem for p in (Path(lwd_rules_convnext.__file__).parent / "rules").glob("*.yaml")]
+        ["toy", "toy-fast"]
+        + [p.stem for plugin in (lwd_rules_convnext, lwd_rules_timm) for p in (Path(plugin.__file__).parent / "rules").glob("*.yaml")]
     )
 
 

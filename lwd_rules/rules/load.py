@@ -13,7 +13,7 @@ from typing import Any, Protocol, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from lwd_rules.errors import Location, Problem, RuleError
+from lwd_rules.errors import Location, PluginError, Problem, RuleError
 from lwd_rules.expr import FUNCTIONS, FormulaError, parse_formula
 from lwd_rules.rules import ruleset as rs
 from lwd_rules.rules.schema import WRAPPER_COMPONENTS, RuleFile
@@ -120,10 +120,15 @@ def _read_one(source: Mapping[str, Any] | str | Path, registry: RuleSetSource, *
             raise RuleError.single(at, "extends", f"no such rule file: {path}")
         raw = read_rule_file(path)
         return raw, rs.Provenance(file=raw.file, name=_name_of(raw))
-    registered = registry.rule_set(text)
+    try:
+        registered = registry.rule_set(text)
+        names = sorted(registry.rule_sets()) if registered is None else []
+    except PluginError as exc:
+        if at is None:
+            raise
+        raise RuleError.single(at, "extends", str(exc)) from None  # inside a file: point at its extends line
     if registered is None:
         message = f"no rule set named {text!r}"
-        names = sorted(registry.rule_sets())
         close = difflib.get_close_matches(text, names, n=1)
         if close:
             message += f" (did you mean {close[0]!r}?)"

@@ -43,23 +43,32 @@ def read_rule_file(path: Path) -> RawRules:
     """Read ``path`` (.yaml/.yml/.json/.toml); raise ``RuleError`` with a located problem if unusable."""
     name = str(path)
     here = Location(name, 1)  # whole-file problems point at the first line
-    if not path.exists():
-        raise RuleError.single(here, "", "no such file")
-    if path.is_dir():
-        raise RuleError.single(here, "", "is a directory, not a rule file")
-    fmt = SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise RuleError.single(here, "", f"unknown rule file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise RuleError.single(here, "", f"file is {size} bytes; rule files are limited to {MAX_FILE_BYTES}")
-    raw = path.read_bytes()
+    try:
+        raw = _read_bytes(path, here)
+    except OSError as exc:
+        raise RuleError.single(here, "", f"cannot read: {exc.strerror or exc}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise RuleError.single(Location(name, line), "", f"file is not UTF-8 (byte 0x{raw[exc.start]:02x})") from None
-    return parse_text(text.removeprefix("\ufeff"), name, fmt)
+    return parse_text(text.removeprefix("\ufeff"), name, SUFFIXES[path.suffix.lower()])
+
+
+def _read_bytes(path: Path, here: Location) -> bytes:
+    """The file's bytes, after the checks that keep a bad path from hanging or flooding memory."""
+    if not path.exists():
+        raise RuleError.single(here, "", "no such file")
+    if path.is_dir():
+        raise RuleError.single(here, "", "is a directory, not a rule file")
+    if path.suffix.lower() not in SUFFIXES:
+        raise RuleError.single(here, "", f"unknown rule file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
+    if not path.is_file():
+        raise RuleError.single(here, "", "not a regular file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise RuleError.single(here, "", f"file is {size} bytes; rule files are limited to {MAX_FILE_BYTES}")
+    return path.read_bytes()
 
 
 def parse_text(text: str, file: str, fmt: str) -> RawRules:
