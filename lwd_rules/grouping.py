@@ -30,12 +30,25 @@ class Grouper:
 
     def add(self, param: Any, settings: Settings, layer_id: int) -> int:
         """Put ``param`` in the group for ``settings``; returns that group's index."""
-        group = self._groups.get(settings)
-        if group is None:
-            group = self._groups[settings] = _Group(settings)
-            self._index[settings] = len(self._index)
+        index = self.add_group(settings)
+        group = self._groups[settings]
         group.params.append(param)
         group.layer_ids.add(layer_id)
+        return index
+
+    def add_many(self, params: list[Any], settings: Settings, layer_id: int) -> int:
+        """Put all of ``params`` in the group for ``settings``; returns that group's index."""
+        index = self.add_group(settings)
+        group = self._groups[settings]
+        group.params.extend(params)
+        group.layer_ids.add(layer_id)
+        return index
+
+    def add_group(self, settings: Settings) -> int:
+        """The index of the group for ``settings``, created empty if new."""
+        if settings not in self._groups:
+            self._groups[settings] = _Group(settings)
+            self._index[settings] = len(self._index)
         return self._index[settings]
 
     def param_groups(self) -> list[dict[str, Any]]:

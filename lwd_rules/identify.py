@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
+
+try:  # the regex parser, for prefix_determined(); renamed in Python 3.11
+    from re import _constants as _c
+    from re import _parser
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_constants as _c  # type: ignore[no-redef]
+    import sre_parse as _parser  # type: ignore[no-redef]
 
 from lwd_rules.errors import Problem, RuleError
 from lwd_rules.expr import FormulaError
@@ -21,12 +29,79 @@ def canonical_name(name: str, strip: Collection[str] = WRAPPER_COMPONENTS) -> st
     return name if len(kept) == len(parts) else ".".join(kept)
 
 
-def count_variables(counts: Sequence[Count], names: Iterable[str]) -> dict[str, int | list[int]]:
-    """Evaluate ``layers.count``: max+1 of one group, or per first group a list of max+1 of the second."""
-    names = list(names)
+def canonicalizer(strip: Collection[str]) -> Callable[[str], str]:
+    """A fast ``canonical_name`` for one strip set: names without any of the components skip the split."""
+    if not strip:
+        return lambda name: name
+    quick = re.compile("|".join(re.escape(component) for component in sorted(strip)))
+    components = frozenset(strip)
+    return lambda name: name if quick.search(name) is None else canonical_name(name, components)
+
+
+def prefix_determined(pattern: re.Pattern[str]) -> bool:
+    r"""Whether a match on a parameter name depends only on its module prefix.
+
+    True for ``^``-anchored patterns that end with a literal ``.`` and otherwise hold only literals,
+    character classes that cannot match ``.`` and repeats of those (no branches, lookarounds or
+    ``$``): such a pattern consumes exactly as many dots as it contains, so it never reads past the
+    dot that ends the prefix, and ``search(prefix + ".")`` equals ``search(prefix + "." + leaf)``.
+    Rules like ``^stages\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.`` are then evaluated once per
+    module instead of once per parameter.
+    """
+    try:
+        items = list(_parser.parse(pattern.pattern, pattern.flags))
+    except Exception:  # noqa: BLE001 - undecidable means "evaluate per parameter"
+        return False
+    if len(items) < 2 or items[0] != (_c.AT, _c.AT_BEGINNING) or items[-1] != (_c.LITERAL, _DOT):
+        return False
+    return all(_dot_safe(op, av, in_repeat=False) for op, av in items[1:])
+
+
+_DOT = ord(".")
+_DOTLESS_CATEGORIES = {_c.CATEGORY_DIGIT, _c.CATEGORY_WORD, _c.CATEGORY_SPACE}
+
+
+def _dot_safe(op: Any, av: Any, in_repeat: bool) -> bool:
+    if op is _c.LITERAL:
+        return not (in_repeat and av == _DOT)
+    if op is _c.IN:
+        return all(_class_item_dotless(item_op, item_av) for item_op, item_av in av)
+    if op in (_c.MAX_REPEAT, _c.MIN_REPEAT):
+        body = list(av[2])
+        return len(body) == 1 and _dot_safe(*body[0], in_repeat=True)
+    if op is _c.SUBPATTERN:
+        return not in_repeat and all(_dot_safe(sub_op, sub_av, in_repeat=False) for sub_op, sub_av in av[3])
+    return False
+
+
+def _class_item_dotless(op: Any, av: Any) -> bool:
+    if op is _c.LITERAL:
+        return av != _DOT
+    if op is _c.RANGE:
+        return not av[0] <= _DOT <= av[1]
+    if op is _c.CATEGORY:
+        return av in _DOTLESS_CATEGORIES
+    return False
+
+
+def count_variables(counts: Sequence[Count], modules: Sequence[tuple[str, str, Mapping[str, Any]]]) -> dict[str, int | list[int]]:
+    """Evaluate ``layers.count`` over canonical names: max+1 of one group, or per first group a list of max+1 of the second.
+
+    ``modules`` are ``(prefix, canonical prefix, parameters)``; a prefix-determined regex is run
+    once per module, any other once per parameter name.
+    """
     out: dict[str, int | list[int]] = {}
+    names: list[str] | None = None
+    probes = [f"{cprefix}." for _, cprefix, _ in modules if cprefix]
+    probes += [leaf for _, cprefix, params in modules if not cprefix for leaf in params]
     for count in counts:
-        matches = [m.groups() for m in map(count.pattern.search, names) if m]
+        if prefix_determined(count.pattern):
+            texts: Iterable[str] = probes
+        else:
+            if names is None:
+                names = [f"{cprefix}.{leaf}" if cprefix else leaf for _, cprefix, params in modules for leaf in params]
+            texts = names
+        matches = [m.groups() for m in map(count.pattern.search, texts) if m]
         numbers = [tuple(int(g) for g in groups) for groups in matches if all(g is not None and g.isdigit() for g in groups)]
         if count.pattern.groups == 1:
             out[count.name] = max(n[0] for n in numbers) + 1 if numbers else 0
@@ -53,33 +128,81 @@ class LayerIdentifier:
         self.env = dict(env)
         self.used = [False] * len(rules)
         self._searches = [rule.pattern.search for rule in rules]
+        self._determined = [prefix_determined(rule.pattern) for rule in rules]
         self._cache: dict[tuple[int, tuple[str | None, ...]], int] = {}
         self._default_id = self._evaluate(default.formula, self.env, default.path, default.origin) if default else None
+
+    def for_module(self, prefix: str) -> tuple[int, int] | None | Callable[[str], tuple[int, int] | None]:
+        """What ``identify`` gives the parameters of the module at canonical ``prefix``.
+
+        A tuple (or None) when the answer is the same for all of them, else a function of the
+        parameter's canonical name that only runs the rules whose answer depends on it.
+        """
+        if not prefix:
+            return self.identify
+        pending: list[int] = []
+        winner: tuple[int, int] | None = None
+        probe = prefix + "."
+        for index, search in enumerate(self._searches):
+            if not self._determined[index]:
+                pending.append(index)
+                continue
+            match = search(probe)
+            if match is not None:
+                if not pending:
+                    self.used[index] = True
+                winner = (index, -1)
+                break
+        if not pending:
+            if winner is None:
+                return self._fallback(None) if not self.plugin_ids else self._after_rules
+            return self._layer_id(winner[0], self._searches[winner[0]](probe), probe), winner[0]  # type: ignore[arg-type]
+        checks = [(index, self._searches[index]) for index in pending]
+        last = winner[0] if winner else None
+
+        def resolve_one(name: str) -> tuple[int, int] | None:
+            for index, search in checks:
+                match = search(name)
+                if match is not None:
+                    self.used[index] = True
+                    return self._layer_id(index, match, name), index
+            if last is not None:
+                self.used[last] = True
+                return self._layer_id(last, self._searches[last](probe), name), last  # type: ignore[arg-type]
+            return self._after_rules(name)
+
+        return resolve_one
+
+    def _after_rules(self, name: str) -> tuple[int, int] | None:
+        plugin_id = self.plugin_ids.get(name)
+        if plugin_id is not None:
+            return plugin_id, PLUGIN
+        return self._fallback(name)
+
+    def _fallback(self, name: str | None) -> tuple[int, int] | None:
+        return (self._default_id, DEFAULT) if self._default_id is not None else None
+
+    def _layer_id(self, index: int, match: re.Match[str], name: str) -> int:
+        """The id rule ``index`` gives for ``match``, its formula evaluated once per distinct groups."""
+        key = (index, match.groups())
+        layer_id = self._cache.get(key)
+        if layer_id is None:
+            rule = self.rules[index]
+            env = self.env
+            named = match.groupdict()
+            if named:
+                env = {**env, **{k: _as_int(v) for k, v in named.items()}}
+            layer_id = self._cache[key] = self._evaluate(rule.layer, env, rule.path + ".layer", rule.origin, name)
+        return layer_id
 
     def identify(self, name: str) -> tuple[int, int] | None:
         """``(layer_id, rule index, PLUGIN or DEFAULT)`` for ``name``: rules first, then plugin ids, then the default."""
         for index, search in enumerate(self._searches):
             match = search(name)
-            if match is None:
-                continue
-            self.used[index] = True
-            groups = match.groups()
-            key = (index, groups)
-            layer_id = self._cache.get(key)
-            if layer_id is None:
-                rule = self.rules[index]
-                env = self.env
-                named = match.groupdict()
-                if named:
-                    env = {**env, **{k: _as_int(v) for k, v in named.items()}}
-                layer_id = self._cache[key] = self._evaluate(rule.layer, env, rule.path + ".layer", rule.origin, name)
-            return layer_id, index
-        plugin_id = self.plugin_ids.get(name)
-        if plugin_id is not None:
-            return plugin_id, PLUGIN
-        if self._default_id is not None:
-            return self._default_id, DEFAULT
-        return None
+            if match is not None:
+                self.used[index] = True
+                return self._layer_id(index, match, name), index
+        return self._after_rules(name)
 
     @staticmethod
     def _evaluate(formula: Any, env: Mapping[str, Any], path: str, origin: Any, name: str | None = None) -> int:

@@ -6,13 +6,14 @@ import fnmatch
 import inspect
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lwd_rules import scaling
 from lwd_rules.errors import Location, Problem, RuleError
 from lwd_rules.grouping import Grouper, Settings
-from lwd_rules.identify import DEFAULT, PLUGIN, LayerIdentifier, canonical_name, count_variables
+from lwd_rules.identify import DEFAULT, PLUGIN, LayerIdentifier, canonical_name, canonicalizer, count_variables
 from lwd_rules.plan import Convention, ParamRow, Plan, Skipped
 from lwd_rules.rules.load import Source, extend, load_rules, rebase
 from lwd_rules.rules.ruleset import RuleSet
@@ -132,106 +133,83 @@ class _Resolver:
 
     def run(self) -> Plan:
         rules, config = self.rules, self.rules.config
-        named = [(canonical_name(name, rules.strip_components), name, p) for name, p in self.model.named_parameters()]
-        self._check_collisions(named)
-        env = self._variables(named)
+        canon = canonicalizer(rules.strip_components)
+        modules = [(prefix, canon(prefix), params) for prefix, module in self.model.named_modules() if (params := module._parameters)]
+        if any(prefix != cprefix for prefix, cprefix, _ in modules):
+            self._check_collisions(modules)
+        env = self._variables(modules)
         if rules.num_layers is not None:
             env["num_layers"] = self._num_layers(env)
         plugin_ids = self._plugin_ids() if config.layers.ids_from_plugins else None
         identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
-        trainable = [(canon, name, p) for canon, name, p in named if p.requires_grad]
-        ids: list[int] = []
-        sources: list[int] = []
-        unmatched: list[str] = []
-        for canon, _, _ in trainable:
-            found = identifier.identify(canon)
-            if found is None:
-                unmatched.append(canon)
-            else:
-                ids.append(found[0])
-                sources.append(found[1])
-        skipped = [Skipped(name, "requires_grad is False") for canon, name, p in named if not p.requires_grad]
-        if unmatched:
+        walk = _Walk(self, identifier)
+        walk.run(modules)
+        if walk.unmatched:
             where = rules.rules[0].origin if rules.rules else self.top
+            unmatched = [canon_name for _, canon_name in walk.unmatched]
             self.report(None, Problem(where, "layers.default", f"{len(unmatched)} parameter(s) match no rule and layers.default is not set: {_listing(unmatched)}"))
             self.fail_if_problems()
-            left_out = set(unmatched)
-            skipped += [Skipped(name, "no rule matches") for canon, name, _ in trainable if canon in left_out]
-            trainable = [entry for entry in trainable if entry[0] not in left_out]
         if "num_layers" not in env:  # N = highest id - 1, frozen parameters included so freezing shifts nothing
-            frozen = (identifier.identify(canon) for canon, _, p in named if not p.requires_grad)
-            env["num_layers"] = max(max([*ids, *(found[0] for found in frozen if found)], default=1) - 1, 0)
+            frozen_ids = (found[0] for found in map(identifier.identify, walk.frozen_canonical) if found)
+            env["num_layers"] = max(max([*(key[0] for key in walk.keys), *frozen_ids], default=1) - 1, 0)
         num_layers = env["num_layers"]
-        self._report_defaulted(trainable, sources)
-        self._check_range(trainable, ids, sources, num_layers)
+        self._report_defaulted(walk)
+        self._check_range(walk, num_layers)
         raw_scales = self._scales(num_layers)
         decay = config.layer_decay
         scales = scaling.clamp(raw_scales, decay.min_scale)
-        no_wd = self._model_no_weight_decay()
-        base_wd = config.weight_decay.value
-        exclusions = rules.exclusions
-        excl_used = [False] * len(exclusions)
-        overrides = rules.overrides
-        override_used = [False] * len(overrides)
-        grouper = Grouper()
-        owners = {raw.file: str(provenance) for raw, provenance in rules.chain}
-        rule_labels: dict[int, tuple[str, str]] = {index: (_label(rule.origin, rule.path), owners.get(rule.origin.file, "")) for index, rule in enumerate(rules.rules)}
-        rule_labels[PLUGIN] = ("lwd_layer_ids hook", self.plugin_owner)
-        if rules.default is not None:
-            rule_labels[DEFAULT] = (_label(rules.default.origin, rules.default.path), owners.get(rules.default.origin.file, ""))
-        rows: list[tuple[str, int, float, float, int, str, str, int, int]] = []
-        conflicts: dict[tuple[int, int, str], list[str]] = {}
-        for (canon, name, param), layer_id, source in zip(trainable, ids, sources):
-            if decay.below_min == "freeze" and raw_scales[layer_id] < decay.min_scale:
-                skipped.append(Skipped(name, f"scale {raw_scales[layer_id]:.3g} of layer {layer_id} is below min_scale"))
-                continue
-            ndim = param.ndim
-            wd = base_wd
-            if no_wd(canon):
-                wd = 0.0
-            else:
-                for index, exclusion in enumerate(exclusions):
-                    if exclusion.test(canon, ndim):
-                        excl_used[index] = True
-                        wd = 0.0
-                        break
-            lr_scale = scales[layer_id]
-            frozen = False
-            if overrides:
-                lr_scale, wd, frozen = self._apply_overrides(canon, lr_scale, wd, override_used, conflicts)
-            if frozen:
-                skipped.append(Skipped(name, "frozen by an override"))
-                continue
-            group = grouper.add(param, Settings(lr_scale, wd), layer_id)
-            rows.append((name, layer_id, lr_scale, wd, group, *rule_labels[source], param.numel(), ndim))
-        self._report_unused(named, identifier.used, excl_used, override_used)
-        self._report_conflicts(conflicts)
+        self._report_unused(modules, identifier.used, walk.exclusion_used, walk.override_used)
+        self._report_conflicts(walk.conflicts)
         self.fail_if_problems()
+        below = {key_index for key_index, key in enumerate(walk.keys) if decay.below_min == "freeze" and raw_scales[key[0]] < decay.min_scale}
+        grouper = Grouper()
+        final: list[int] = []
+        for key_index, (layer_id, _, wd, mult) in enumerate(walk.keys):
+            final.append(-1 if key_index in below else grouper.add_many(walk.members[key_index], Settings(scales[layer_id] * mult, wd), layer_id))
+        skipped = [Skipped(name, "requires_grad is False") for name in walk.frozen]
+        skipped += [Skipped(name, "no rule matches") for name, _ in walk.unmatched]
+        skipped += [Skipped(name, "frozen by an override") for name in walk.override_frozen]
+        skipped += [
+            Skipped(name, f"scale {raw_scales[walk.keys[k][0]]:.3g} of layer {walk.keys[k][0]} is below min_scale")
+            for name, k in zip(walk.names, walk.row_keys)
+            if k in below
+        ]
         groups = grouper.param_groups()
-        params = [ParamRow(n, i, s, w, groups[g]["group_name"], r, o, numel, nd) for n, i, s, w, g, r, o, numel, nd in rows]
         return Plan(
             rules=rules,
             num_layers=num_layers,
             scales=tuple(scales),
             param_groups=groups,
-            params=params,
+            params=_Rows(walk, final, groups, self._rule_labels()),
             skipped=skipped,
-            variables={k: v for k, v in env.items()},
+            variables=dict(env),
             warnings=self.warnings,
             problems=self.coverage,
             unused=self.unused,
             lr=config.optimizer.lr,
         )
 
-    def _check_collisions(self, named: list[tuple[str, str, Any]]) -> None:
+    def _rule_labels(self) -> dict[int, tuple[str, str]]:
+        """``(file:line, provenance)`` of every layer rule, the plugin hook and the default."""
+        rules = self.rules
+        owners = {raw.file: str(provenance) for raw, provenance in rules.chain}
+        labels = {index: (_label(rule.origin, rule.path), owners.get(rule.origin.file, "")) for index, rule in enumerate(rules.rules)}
+        labels[PLUGIN] = ("lwd_layer_ids hook", self.plugin_owner)
+        if rules.default is not None:
+            labels[DEFAULT] = (_label(rules.default.origin, rules.default.path), owners.get(rules.default.origin.file, ""))
+        return labels
+
+    def _check_collisions(self, modules: list[tuple[str, str, Any]]) -> None:
         seen: dict[str, str] = {}
-        for canon, name, _ in named:
-            other = seen.setdefault(canon, name)
-            if other != name:
-                self.problems.append(Problem(self.top, "names.strip_components", f"{other!r} and {name!r} both become {canon!r} once wrapper components are removed"))
+        for prefix, cprefix, params in modules:
+            for leaf in params:
+                name, canon = _join(prefix, leaf), _join(cprefix, leaf)
+                other = seen.setdefault(canon, name)
+                if other != name:
+                    self.problems.append(Problem(self.top, "names.strip_components", f"{other!r} and {name!r} both become {canon!r} once wrapper components are removed"))
         self.fail_if_problems()
 
-    def _variables(self, named: list[tuple[str, str, Any]]) -> dict[str, Any]:
+    def _variables(self, modules: list[tuple[str, str, Any]]) -> dict[str, Any]:
         rules = self.rules
         env: dict[str, Any] = {}
         if rules.config.layers.variables:
@@ -244,7 +222,7 @@ class _Resolver:
                 message = f"no plugin provided {', '.join(map(repr, missing))} for rule set {rules.name!r} and {type(self.bare).__name__}"
                 self.problems.append(Problem(location, "layers.variables", message + self._failures_since(seen)))
         if rules.counts:
-            env.update(count_variables(rules.counts, (canon for canon, _, _ in named)))
+            env.update(count_variables(rules.counts, modules))
         self.fail_if_problems()
         return env
 
@@ -264,12 +242,13 @@ class _Resolver:
         failures = self.registry.failures[seen:]
         return "".join(f"; {failure}" for failure in failures)
 
-    def _report_defaulted(self, trainable: list[tuple[str, str, Any]], sources: list[int]) -> None:
+    def _report_defaulted(self, walk: _Walk) -> None:
         """``checks.defaulted``: parameters that only ``layers.default`` placed (timm's silent fallback)."""
         mode = self.rules.config.checks.defaulted
         if mode == "ignore" or self.rules.default is None:
             return
-        names = [canon for (canon, _, _), source in zip(trainable, sources) if source == DEFAULT]
+        defaulted = {k for k, key in enumerate(walk.keys) if key[1] == DEFAULT}
+        names = [canon for canon, k in zip(walk.canonical, walk.row_keys) if k in defaulted]
         if names:
             default = self.rules.default
             self.report(mode, Problem(default.origin, default.path, f"{len(names)} parameter(s) matched no rule and took the default id: {_listing(names)}"))
@@ -282,11 +261,12 @@ class _Resolver:
             raise RuleError.single(located.origin, located.path, f"num_layers must be >= 0, got {value}")
         return value
 
-    def _check_range(self, trainable: list[tuple[str, str, Any]], ids: list[int], sources: list[int], num_layers: int) -> None:
+    def _check_range(self, walk: _Walk, num_layers: int) -> None:
+        outside = {k for k, key in enumerate(walk.keys) if not 0 <= key[0] <= num_layers + 1}
         bad: dict[int, list[str]] = {}
-        for (canon, _, _), layer_id, source in zip(trainable, ids, sources):
-            if not 0 <= layer_id <= num_layers + 1:
-                bad.setdefault(source, []).append(f"{canon} -> {layer_id}")
+        for canon, k in zip(walk.canonical, walk.row_keys):
+            if k in outside:
+                bad.setdefault(walk.keys[k][1], []).append(f"{canon} -> {walk.keys[k][0]}")
         for source, names in bad.items():
             rule = self.rules.rules[source] if source != DEFAULT else None
             origin, path = (rule.origin, rule.path + ".layer") if rule else (self.rules.default.origin, "layers.default")  # type: ignore[union-attr]
@@ -301,50 +281,28 @@ class _Resolver:
             origin = next((raw.locate(("layer_decay", "values")) for raw, _ in reversed(self.rules.chain) if "values" in raw.data.get("layer_decay", {})), self.top)
             raise RuleError.single(origin, "layer_decay.values", str(exc)) from None
 
-    def _model_no_weight_decay(self) -> Callable[[str], bool]:
+    def _model_no_weight_decay(self) -> _NameSet:
         """``model.no_weight_decay()`` as a test on canonical names: exact names, and globs as timm reads them."""
         if not self.rules.config.weight_decay.use_model_no_weight_decay:
-            return _never
+            return _NameSet(frozenset(), ())
         method = getattr(self.bare, "no_weight_decay", None)
         names: Iterable[str] = method() if callable(method) else ()
         canonical = {canonical_name(n, self.rules.strip_components) for n in names}
-        exact = frozenset(n for n in canonical if not any(c in n for c in "*?["))
-        globs = [re.compile(fnmatch.translate(n)) for n in canonical - exact]
-        return lambda name: name in exact or any(g.match(name) for g in globs)
+        exact = frozenset(n for n in canonical if not _GLOB_CHARS & set(n))
+        return _NameSet(exact, tuple(re.compile(fnmatch.translate(n)) for n in sorted(canonical - exact)))
 
-    def _apply_overrides(self, canon: str, lr_scale: float, wd: float, used: list[bool], conflicts: dict[tuple[int, int, str], list[str]]) -> tuple[float, float, bool]:
-        mult = 1.0
-        frozen = False
-        set_by: dict[str, tuple[int, float]] = {}
-        for index, override in enumerate(self.rules.overrides):
-            if override.pattern.search(canon) is None:
-                continue
-            used[index] = True
-            for field, value in (("lr_mult", override.lr_mult), ("weight_decay", override.weight_decay)):
-                if value is None:
-                    continue
-                earlier = set_by.get(field)
-                if earlier is not None and earlier[1] != value:
-                    conflicts.setdefault((earlier[0], index, field), []).append(canon)
-                set_by[field] = (index, value)
-            frozen = frozen or override.freeze
-        if "lr_mult" in set_by:
-            mult = set_by["lr_mult"][1]
-        if "weight_decay" in set_by:
-            wd = set_by["weight_decay"][1]
-        return lr_scale * mult, wd, frozen
-
-    def _report_unused(self, named: list[tuple[str, str, Any]], rules_used: list[bool], excl_used: list[bool], override_used: list[bool]) -> None:
+    def _report_unused(self, modules: list[tuple[str, str, Any]], rules_used: list[bool], excl_used: list[bool], override_used: list[bool]) -> None:
         mode = self.rules.config.checks.unused_patterns
-        names = [canon for canon, _, _ in named]
-        ndims = [p.ndim for _, _, p in named]
         candidates = [
             *((r, r.path + ".match", r.pattern.pattern, lambda n, d, r=r: r.pattern.search(n)) for r, u in zip(self.rules.rules, rules_used) if not u),
             *((e, e.path, e.text, e.test) for e, u in zip(self.rules.exclusions, excl_used) if not u),
             *((o, o.path + ".match", o.pattern.pattern, lambda n, d, o=o: o.pattern.search(n)) for o, u in zip(self.rules.overrides, override_used) if not u),
         ]
+        if not candidates:
+            return
+        named = [(_join(cprefix, leaf), p.ndim) for _, cprefix, params in modules for leaf, p in params.items() if p is not None]
         for entry, path, text, test in candidates:
-            if any(test(n, d) for n, d in zip(names, ndims)):
+            if any(test(n, d) for n, d in named):
                 continue  # matched only parameters that are frozen or left out
             self.unused.append(f"{path} ({_label(entry.origin, path)}): {text!r}")
             if not entry.allow_unused:
@@ -357,8 +315,202 @@ class _Resolver:
             self.report(mode, Problem(b.origin, f"{b.path}.{field}", f"conflicts with {a.path} ({a.origin}) on {_listing(names)}"))
 
 
-def _never(name: str) -> bool:
-    return False
+@dataclass(frozen=True)
+class _NameSet:
+    """Exact names plus globs; calling it tests one name."""
+
+    exact: frozenset[str]
+    globs: tuple[re.Pattern[str], ...]
+
+    def __call__(self, name: str) -> bool:
+        return name in self.exact or any(glob.match(name) for glob in self.globs)
+
+
+def _join(prefix: str, leaf: str) -> str:
+    return f"{prefix}.{leaf}" if prefix else leaf
+
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _tail_needed(text: str) -> int | None:
+    """How many trailing module components an exclude entry looks at, besides ndim and the leaf name.
+
+    ``ndim<=1`` and ``*.bias`` need 0, ``*.grn.weight`` needs 1; None for entries that may look at
+    the whole name (``re:``, exact names, other globs). Suffix globs give the same answer for any
+    name ending in the same components, so their result is cached per (tail, leaf, ndim).
+    """
+    text = text.strip()
+    if text.startswith("ndim"):
+        return 0
+    suffix = text[1:]
+    if not text.startswith("*") or _GLOB_CHARS & set(suffix):
+        return None
+    return suffix.count(".") - (1 if suffix.startswith(".") else 0)
+
+
+class _Walk:
+    """The one pass over the parameters: layer id, weight decay and overrides of each, collected by key.
+
+    Parameters of one module share their prefix's rule match (``LayerIdentifier.for_module``), and
+    weight decay is looked up by (leaf name, ndim) when the exclude entries only look at those, so
+    the per-parameter cost stays close to that of ``named_parameters()`` itself.
+    """
+
+    def __init__(self, resolver: _Resolver, identifier: LayerIdentifier) -> None:
+        self.resolver = resolver
+        self.identifier = identifier
+        rules = resolver.rules
+        self.base_wd = rules.config.weight_decay.value
+        self.no_wd = resolver._model_no_weight_decay()
+        self.exclusions = rules.exclusions
+        self.overrides = rules.overrides
+        tails = [_tail_needed(e.text) for e in self.exclusions]
+        self.cacheable = not self.overrides and not self.no_wd.globs and None not in tails
+        self.tail = max((t for t in tails if t is not None), default=0)
+        self.keys: list[tuple[int, int, float, float]] = []  # (layer id, rule index, weight decay, lr_mult)
+        self.members: list[list[Any]] = []
+        self.names: list[str] = []  # trainable parameters, in order, with their key index and tensor
+        self.canonical: list[str] = []
+        self.row_keys: list[int] = []
+        self.params: list[Any] = []
+        self.frozen: list[str] = []
+        self.frozen_canonical: list[str] = []
+        self.unmatched: list[tuple[str, str]] = []
+        self.override_frozen: list[str] = []
+        self.exclusion_used = [False] * len(self.exclusions)
+        self.override_used = [False] * len(self.overrides)
+        self.conflicts: dict[tuple[int, int, str], list[str]] = {}
+
+    def run(self, modules: list[tuple[str, str, Any]]) -> None:
+        seen: set[int] = set()
+        key_index: dict[tuple[int, int, float, float], int] = {}
+        wd_cache: dict[tuple[str, str, int], float] = {}
+        exact_no_wd = self.no_wd.exact
+        keys, members, names, canonical, row_keys, params = self.keys, self.members, self.names, self.canonical, self.row_keys, self.params
+        for prefix, cprefix, module_params in modules:
+            located = self.identifier.for_module(cprefix)
+            per_name = callable(located)
+            dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
+            renamed = dot != cdot
+            stub = self._stub(cprefix)
+            for leaf, param in module_params.items():
+                if param is None or id(param) in seen:
+                    continue
+                seen.add(id(param))
+                name = dot + leaf
+                cname = cdot + leaf if renamed else name
+                if not param.requires_grad:
+                    self.frozen.append(name)
+                    self.frozen_canonical.append(cname)
+                    continue
+                found = located(cname) if per_name else located  # type: ignore[operator]
+                if found is None:
+                    self.unmatched.append((name, cname))
+                    continue
+                ndim = param.ndim
+                if self.cacheable:
+                    mult = 1.0
+                    if cname in exact_no_wd:
+                        wd = 0.0
+                    else:
+                        wd_key = (stub, leaf, ndim)
+                        wd = wd_cache.get(wd_key)  # type: ignore[assignment]
+                        if wd is None:
+                            wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, ndim)
+                else:
+                    wd = 0.0 if self.no_wd(cname) else self._weight_decay(cname, ndim)
+                    mult = 1.0
+                    if self.overrides:
+                        mult, wd, frozen = self._apply_overrides(cname, wd)
+                        if frozen:
+                            self.override_frozen.append(name)
+                            continue
+                key = (found[0], found[1], wd, mult)
+                k = key_index.get(key)
+                if k is None:
+                    k = key_index[key] = len(keys)
+                    keys.append(key)
+                    members.append([])
+                members[k].append(param)
+                names.append(name)
+                canonical.append(cname)
+                row_keys.append(k)
+                params.append(param)
+
+    def _stub(self, cprefix: str) -> str:
+        """A stand-in prefix with the same last ``self.tail`` components (``"x.grn."`` for tail 1)."""
+        if not cprefix:
+            return ""
+        parts = cprefix.split(".")
+        kept = parts[len(parts) - self.tail :] if self.tail else []
+        return ("x." if len(parts) > len(kept) else "") + "".join(f"{part}." for part in kept)
+
+    def _weight_decay(self, name: str, ndim: int) -> float:
+        for index, exclusion in enumerate(self.exclusions):
+            if exclusion.test(name, ndim):
+                self.exclusion_used[index] = True
+                return 0.0
+        return self.base_wd
+
+    def _apply_overrides(self, canon: str, wd: float) -> tuple[float, float, bool]:
+        mult = 1.0
+        frozen = False
+        set_by: dict[str, tuple[int, float]] = {}
+        for index, override in enumerate(self.overrides):
+            if override.pattern.search(canon) is None:
+                continue
+            self.override_used[index] = True
+            for field, value in (("lr_mult", override.lr_mult), ("weight_decay", override.weight_decay)):
+                if value is None:
+                    continue
+                earlier = set_by.get(field)
+                if earlier is not None and earlier[1] != value:
+                    self.conflicts.setdefault((earlier[0], index, field), []).append(canon)
+                set_by[field] = (index, value)
+            frozen = frozen or override.freeze
+        if "lr_mult" in set_by:
+            mult = set_by["lr_mult"][1]
+        if "weight_decay" in set_by:
+            wd = set_by["weight_decay"][1]
+        return mult, wd, frozen
+
+
+class _Rows(Sequence[ParamRow]):
+    """``plan.params``: built on first access, so ``resolve()`` itself stores three references per parameter."""
+
+    def __init__(self, walk: _Walk, final: list[int], groups: list[dict[str, Any]], labels: Mapping[int, tuple[str, str]]) -> None:
+        self._source = (walk.names, walk.row_keys, walk.params, walk.keys, final, groups, labels)
+        self._rows: list[ParamRow] | None = None
+
+    def _built(self) -> list[ParamRow]:
+        if self._rows is None:
+            names, row_keys, params, keys, final, groups, labels = self._source
+            rows = []
+            for name, k, param in zip(names, row_keys, params):
+                group = final[k]
+                if group < 0:
+                    continue
+                layer_id, source, wd, _ = keys[k]
+                entry = groups[group]
+                rows.append(ParamRow(name, layer_id, entry["lr_scale"], wd, entry["group_name"], *labels[source], param.numel(), param.ndim))
+            self._rows = rows
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._built()[index]
+
+    def __iter__(self) -> Iterator[ParamRow]:
+        return iter(self._built())
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(self._built())
 
 
 def _label(origin: Location, path: str) -> str:

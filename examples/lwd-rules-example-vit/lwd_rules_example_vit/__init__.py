@@ -26,13 +26,10 @@ def lwd_rule_sets() -> dict[str, Any]:
 
 @hookimpl
 def lwd_layer_variables(model: Any, rule_set: str) -> dict[str, Any] | None:
-    """``depth``: the number of transformer blocks."""
-    if rule_set not in RULE_SETS:
+    """``depth``: the number of transformer blocks (``model`` is the bare model, never a DDP wrapper)."""
+    if rule_set not in RULE_SETS or not hasattr(model, "blocks"):
         return None  # not one of ours: say nothing
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:  # a wrapper (DDP, torch.compile): look inside
-        blocks = getattr(getattr(model, "module", None) or getattr(model, "_orig_mod", None), "blocks", None)
-    return None if blocks is None else {"depth": len(blocks)}
+    return {"depth": len(model.blocks)}
 
 
 @hookimpl

@@ -36,12 +36,28 @@ def lwd_rule_sets() -> dict[str, Path]:
     return {path.stem: path for path in sorted(RULES.glob("*.yaml"))}
 
 
+def _stage_lists(model: Any, layout: str) -> list[Any]:
+    """Each stage's block container, read from the layout's attributes (raises if the layout differs)."""
+    if layout == "convnext":
+        return list(model.stages)
+    if layout == "convnext-timm":
+        return [stage.blocks for stage in model.stages]
+    if layout == "convnext-hf":
+        base = getattr(model, "convnext", None) or getattr(model, "convnextv2", None) or model
+        return [stage.layers for stage in base.encoder.stages]
+    return [model.features[index] for index in (1, 3, 5, 7)]
+
+
 @hookimpl
 def lwd_layer_variables(model: Any, rule_set: str) -> dict[str, Any] | None:
     """``depths``: the number of blocks in each stage, counted from the module tree."""
     layout = _layout(rule_set)
     if layout is None:
         return None
+    try:
+        return {"depths": [len(blocks) for blocks in _stage_lists(model, layout)]}
+    except (AttributeError, TypeError, IndexError):
+        pass  # not the usual attributes (a wrapped or modified model): count the module names instead
     pattern = BLOCKS[layout]
     blocks: dict[int, int] = {}
     for name, _ in model.named_modules():
