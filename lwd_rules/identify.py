@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
@@ -38,27 +39,57 @@ def canonicalizer(strip: Collection[str]) -> Callable[[str], str]:
     return lambda name: name if quick.search(name) is None else canonical_name(name, components)
 
 
-def prefix_determined(pattern: re.Pattern[str]) -> bool:
-    r"""Whether a match on a parameter name depends only on its module prefix.
+PREFIX, ROOT, NAME = "prefix", "root", "name"
 
-    True for ``^``-anchored patterns that end with a literal ``.`` and otherwise hold only literals,
-    character classes that cannot match ``.`` and repeats of those (no branches, lookarounds or
-    ``$``): such a pattern consumes exactly as many dots as it contains, so it never reads past the
-    dot that ends the prefix, and ``search(prefix + ".")`` equals ``search(prefix + "." + leaf)``.
-    Rules like ``^stages\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.`` are then evaluated once per
-    module instead of once per parameter.
+
+def match_scope(pattern: re.Pattern[str]) -> str:
+    r"""What part of a parameter name a regex's answer depends on: ``PREFIX``, ``ROOT`` or ``NAME``.
+
+    ``PREFIX``: ``^``-anchored patterns that end with a literal ``.`` and otherwise hold only
+    literals, character classes that cannot match ``.`` and repeats of those (no branches,
+    lookarounds or ``$``). Such a pattern consumes exactly as many dots as it contains, so it never
+    reads past the dot that ends the module prefix: ``search(prefix + ".")`` equals
+    ``search(prefix + "." + leaf)``, and rules like ``^stages\.(?P<stage>\d+)\.(?P<block>\d+)\.``
+    run once per module instead of once per parameter.
+    ``ROOT``: patterns anchored at both ends that cannot match a ``.`` anywhere (``^(?:cls_token|
+    pos_embed)$``): they only ever match parameters of the root module.
+    ``NAME``: anything else; evaluated per parameter.
     """
+    return _scope(pattern.pattern, pattern.flags)
+
+
+@functools.lru_cache(maxsize=1024)
+def _scope(text: str, flags: int) -> str:
     try:
-        items = list(_parser.parse(pattern.pattern, pattern.flags))
+        items = list(_parser.parse(text, flags))
     except Exception:  # noqa: BLE001 - undecidable means "evaluate per parameter"
-        return False
-    if len(items) < 2 or items[0] != (_c.AT, _c.AT_BEGINNING) or items[-1] != (_c.LITERAL, _DOT):
-        return False
-    return all(_dot_safe(op, av, in_repeat=False) for op, av in items[1:])
+        return NAME
+    if len(items) < 2 or items[0] not in _BEGIN:
+        return NAME
+    if items[-1] == (_c.LITERAL, _DOT) and all(_dot_safe(op, av, in_repeat=False) for op, av in items[1:]):
+        return PREFIX
+    if items[-1] in _END and all(_dotless(op, av) for op, av in items[1:-1]):
+        return ROOT
+    return NAME
 
 
 _DOT = ord(".")
 _DOTLESS_CATEGORIES = {_c.CATEGORY_DIGIT, _c.CATEGORY_WORD, _c.CATEGORY_SPACE}
+_BEGIN = ((_c.AT, _c.AT_BEGINNING), (_c.AT, _c.AT_BEGINNING_STRING))  # compared with ==: items may hold lists
+_END = ((_c.AT, _c.AT_END), (_c.AT, _c.AT_END_STRING))
+
+
+def _dotless(op: Any, av: Any) -> bool:
+    """Whether this element can never match a ``.``."""
+    if op is _c.LITERAL or op is _c.IN:
+        return _class_item_dotless(op, av) if op is _c.LITERAL else all(_class_item_dotless(*item) for item in av)
+    if op in (_c.MAX_REPEAT, _c.MIN_REPEAT):
+        return all(_dotless(*item) for item in av[2])
+    if op is _c.SUBPATTERN:
+        return all(_dotless(*item) for item in av[3])
+    if op is _c.BRANCH:
+        return all(_dotless(*item) for branch in av[1] for item in branch)
+    return False
 
 
 def _dot_safe(op: Any, av: Any, in_repeat: bool) -> bool:
@@ -93,10 +124,14 @@ def count_variables(counts: Sequence[Count], modules: Sequence[tuple[str, str, M
     out: dict[str, int | list[int]] = {}
     names: list[str] | None = None
     probes = [f"{cprefix}." for _, cprefix, _ in modules if cprefix]
-    probes += [leaf for _, cprefix, params in modules if not cprefix for leaf in params]
+    probes += [leaf for _, cprefix, params in modules if not cprefix for leaf in params]  # root names, whole
+    roots = [leaf for _, cprefix, params in modules if not cprefix for leaf in params]
     for count in counts:
-        if prefix_determined(count.pattern):
+        scope = match_scope(count.pattern)
+        if scope == PREFIX:
             texts: Iterable[str] = probes
+        elif scope == ROOT:
+            texts = roots
         else:
             if names is None:
                 names = [f"{cprefix}.{leaf}" if cprefix else leaf for _, cprefix, params in modules for leaf in params]
@@ -128,7 +163,7 @@ class LayerIdentifier:
         self.env = dict(env)
         self.used = [False] * len(rules)
         self._searches = [rule.pattern.search for rule in rules]
-        self._determined = [prefix_determined(rule.pattern) for rule in rules]
+        self._scopes = [match_scope(rule.pattern) for rule in rules]
         self._cache: dict[tuple[int, tuple[str | None, ...]], int] = {}
         self._default_id = self._evaluate(default.formula, self.env, default.path, default.origin) if default else None
 
@@ -144,7 +179,10 @@ class LayerIdentifier:
         winner: tuple[int, int] | None = None
         probe = prefix + "."
         for index, search in enumerate(self._searches):
-            if not self._determined[index]:
+            scope = self._scopes[index]
+            if scope == ROOT:
+                continue  # cannot match a name inside a module
+            if scope == NAME:
                 pending.append(index)
                 continue
             match = search(probe)

@@ -95,6 +95,6 @@ def lwd_layer_variables(model: Any, rule_set: str) -> dict[str, Any] | None:
 @hookimpl(trylast=True)
 def lwd_detect(model: Any) -> str | None:
     """Any timm model; asked last, so family plugins (ConvNeXt) answer first for their models."""
-    if type(model).__module__.startswith("timm.") and hasattr(model, "pretrained_cfg"):
+    if type(model).__module__.startswith("timm.models."):
         return TIMM_RULE_SET
     return None

@@ -108,3 +108,17 @@ def test_model_without_group_matcher_uses_timms_fallback_grouping():
     assert not hasattr(model, "group_matcher")
     plan = assert_parity(model, 0.8)
     assert plan.num_layers + 1 == -(-len([n for n, _ in model.named_parameters() if not n.startswith("fc.")]) // 12)
+
+
+@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224"])
+def test_swin_rule_set_gives_timms_numbers_without_calling_timm(name):
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    for rate in (0.7, 0.9):
+        expected = timm_assignment(model, rate)
+        plan = resolve(model, "swin", layer_decay=rate, weight_decay=WEIGHT_DECAY)
+        rows = {row.name: row for row in plan.params}
+        assert sorted(rows) == sorted(expected)
+        for param_name, (scale, decay) in expected.items():
+            assert math.isclose(rows[param_name].lr_scale, scale, rel_tol=1e-12), param_name
+            assert rows[param_name].weight_decay == decay, param_name
