@@ -138,7 +138,8 @@ def _print_table(plan: Any, model: str) -> None:
     out.print(table)
     left_out = [s for s in plan.skipped if s.reason == "no rule matches"]
     out.print(f"unmatched parameters: {len(left_out)}" + "".join(f"\n  {s.name}" for s in left_out), markup=False)
-    out.print(f"rules that matched nothing: {len(plan.unused)}" + "".join(f"\n  {u}" for u in plan.unused), markup=False)
+    unused = plan.unmatched_patterns()
+    out.print(f"rules that matched nothing: {len(unused)}" + "".join(f"\n  {u}" for u in unused), markup=False)
     out.print(f"groups: {len(plan.param_groups)}  trainable tensors: {len(plan.params)}  left out: {len(plan.skipped)}")
     for warning in plan.warnings:
         out.print(f"warning: {warning}", markup=False)
@@ -162,7 +163,7 @@ def _plan_json(plan: Any, model: str) -> dict[str, Any]:
         "groups": [{k: v for k, v in g.items() if k != "params"} | {"tensors": len(g["params"])} for g in plan.param_groups],
         "params": [{f: getattr(row, f) for f in row.__slots__} for row in plan.params],
         "skipped": [{"name": s.name, "reason": s.reason} for s in plan.skipped],
-        "unused": plan.unused,
+        "unused": plan.unmatched_patterns(),
         "problems": [p.as_dict() for p in plan.problems],
     }
 

@@ -6,14 +6,14 @@ import fnmatch
 import inspect
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lwd_rules import scaling
 from lwd_rules.errors import Location, Problem, RuleError
 from lwd_rules.grouping import Grouper, Settings
-from lwd_rules.identify import DEFAULT, PLUGIN, LayerIdentifier, canonical_name, canonicalizer, count_variables
+from lwd_rules.identify import DEFAULT, PLUGIN, LayerIdentifier, ModuleEntry, canonical_name, collect_modules, count_variables
 from lwd_rules.plan import Convention, ParamRow, Plan, Skipped
 from lwd_rules.rules.load import Source, extend, load_rules, rebase
 from lwd_rules.rules.ruleset import RuleSet
@@ -113,6 +113,7 @@ class _Resolver:
         self.unused: list[str] = []
         self.bare = unwrap(model)  # what hooks see: DDP / torch.compile wrappers removed
         self.plugin_owner = ""
+        self.allowed_unused: Callable[[], list[str]] = list
         self.warnings: list[str] = []
         self.top = rules.chain[-1][0].locate(())
 
@@ -133,9 +134,8 @@ class _Resolver:
 
     def run(self) -> Plan:
         rules, config = self.rules, self.rules.config
-        canon = canonicalizer(rules.strip_components)
-        modules = [(prefix, canon(prefix), params) for prefix, module in self.model.named_modules() if (params := module._parameters)]
-        if any(prefix != cprefix for prefix, cprefix, _ in modules):
+        modules = collect_modules(self.model, rules.strip_components)
+        if any(entry[0] != entry[1] for entry in modules):
             self._check_collisions(modules)
         env = self._variables(modules)
         if rules.num_layers is not None:
@@ -169,11 +169,12 @@ class _Resolver:
         skipped = [Skipped(name, "requires_grad is False") for name in walk.frozen]
         skipped += [Skipped(name, "no rule matches") for name, _ in walk.unmatched]
         skipped += [Skipped(name, "frozen by an override") for name in walk.override_frozen]
-        skipped += [
-            Skipped(name, f"scale {raw_scales[walk.keys[k][0]]:.3g} of layer {walk.keys[k][0]} is below min_scale")
-            for name, k in zip(walk.names, walk.row_keys)
-            if k in below
-        ]
+        if below:
+            skipped += [
+                Skipped(name, f"scale {raw_scales[walk.keys[k][0]]:.3g} of layer {walk.keys[k][0]} is below min_scale")
+                for name, k in zip(walk.names, walk.row_keys)
+                if k in below
+            ]
         groups = grouper.param_groups()
         return Plan(
             rules=rules,
@@ -186,6 +187,7 @@ class _Resolver:
             warnings=self.warnings,
             problems=self.coverage,
             unused=self.unused,
+            allowed_unused=self.allowed_unused,
             lr=config.optimizer.lr,
         )
 
@@ -199,9 +201,9 @@ class _Resolver:
             labels[DEFAULT] = (_label(rules.default.origin, rules.default.path), owners.get(rules.default.origin.file, ""))
         return labels
 
-    def _check_collisions(self, modules: list[tuple[str, str, Any]]) -> None:
+    def _check_collisions(self, modules: list[ModuleEntry]) -> None:
         seen: dict[str, str] = {}
-        for prefix, cprefix, params in modules:
+        for prefix, cprefix, params, _ in modules:
             for leaf in params:
                 name, canon = _join(prefix, leaf), _join(cprefix, leaf)
                 other = seen.setdefault(canon, name)
@@ -209,7 +211,7 @@ class _Resolver:
                     self.problems.append(Problem(self.top, "names.strip_components", f"{other!r} and {name!r} both become {canon!r} once wrapper components are removed"))
         self.fail_if_problems()
 
-    def _variables(self, modules: list[tuple[str, str, Any]]) -> dict[str, Any]:
+    def _variables(self, modules: list[ModuleEntry]) -> dict[str, Any]:
         rules = self.rules
         env: dict[str, Any] = {}
         if rules.config.layers.variables:
@@ -248,7 +250,10 @@ class _Resolver:
         if mode == "ignore" or self.rules.default is None:
             return
         defaulted = {k for k, key in enumerate(walk.keys) if key[1] == DEFAULT}
-        names = [canon for canon, k in zip(walk.canonical, walk.row_keys) if k in defaulted]
+        if not defaulted:
+            return
+        strip = self.rules.strip_components
+        names = [canonical_name(name, strip) for name, k in zip(walk.names, walk.row_keys) if k in defaulted]
         if names:
             default = self.rules.default
             self.report(mode, Problem(default.origin, default.path, f"{len(names)} parameter(s) matched no rule and took the default id: {_listing(names)}"))
@@ -263,9 +268,12 @@ class _Resolver:
 
     def _check_range(self, walk: _Walk, num_layers: int) -> None:
         outside = {k for k, key in enumerate(walk.keys) if not 0 <= key[0] <= num_layers + 1}
+        if not outside:
+            return
         bad: dict[int, list[str]] = {}
-        for canon, k in zip(walk.canonical, walk.row_keys):
+        for name, k in zip(walk.names, walk.row_keys):
             if k in outside:
+                canon = canonical_name(name, self.rules.strip_components)
                 bad.setdefault(walk.keys[k][1], []).append(f"{canon} -> {walk.keys[k][0]}")
         for source, names in bad.items():
             rule = self.rules.rules[source] if source != DEFAULT else None
@@ -291,7 +299,7 @@ class _Resolver:
         exact = frozenset(n for n in canonical if not _GLOB_CHARS & set(n))
         return _NameSet(exact, tuple(re.compile(fnmatch.translate(n)) for n in sorted(canonical - exact)))
 
-    def _report_unused(self, modules: list[tuple[str, str, Any]], rules_used: list[bool], excl_used: list[bool], override_used: list[bool]) -> None:
+    def _report_unused(self, modules: list[ModuleEntry], rules_used: list[bool], excl_used: list[bool], override_used: list[bool]) -> None:
         mode = self.rules.config.checks.unused_patterns
         candidates = [
             *((r, r.path + ".match", r.pattern.pattern, lambda n, d, r=r: r.pattern.search(n)) for r, u in zip(self.rules.rules, rules_used) if not u),
@@ -300,13 +308,19 @@ class _Resolver:
         ]
         if not candidates:
             return
-        named = [(_join(cprefix, leaf), p.ndim) for _, cprefix, params in modules for leaf, p in params.items() if p is not None]
-        for entry, path, text, test in candidates:
-            if any(test(n, d) for n, d in named):
-                continue  # matched only parameters that are frozen or left out
+
+        def unmatched(chosen: list[Any]) -> list[tuple[Any, str, str]]:
+            if not chosen:
+                return []
+            named = [(_join(cprefix, leaf), p.ndim) for _, cprefix, params, _ in modules for leaf, p in params.items() if p is not None]
+            return [(entry, path, text) for entry, path, text, test in chosen if not any(test(n, d) for n, d in named)]
+
+        for entry, path, text in unmatched([c for c in candidates if not c[0].allow_unused]):
             self.unused.append(f"{path} ({_label(entry.origin, path)}): {text!r}")
-            if not entry.allow_unused:
-                self.report(mode, Problem(entry.origin, path, f"{text!r} matches no parameter (set allow_unused: true to keep it)"))
+            self.report(mode, Problem(entry.origin, path, f"{text!r} matches no parameter (set allow_unused: true to keep it)"))
+        allowed = [c for c in candidates if c[0].allow_unused]
+        if allowed:  # listed by `explain` only: found when asked, not on every resolve
+            self.allowed_unused = lambda: [f"{path} ({_label(e.origin, path)}): {text!r} (allowed)" for e, path, text in unmatched(allowed)]
 
     def _report_conflicts(self, conflicts: Mapping[tuple[int, int, str], list[str]]) -> None:
         mode = self.rules.config.checks.override_conflicts
@@ -371,7 +385,6 @@ class _Walk:
         self.keys: list[tuple[int, int, float, float]] = []  # (layer id, rule index, weight decay, lr_mult)
         self.members: list[list[Any]] = []
         self.names: list[str] = []  # trainable parameters, in order, with their key index and tensor
-        self.canonical: list[str] = []
         self.row_keys: list[int] = []
         self.params: list[Any] = []
         self.frozen: list[str] = []
@@ -382,76 +395,110 @@ class _Walk:
         self.override_used = [False] * len(self.overrides)
         self.conflicts: dict[tuple[int, int, str], list[str]] = {}
 
-    def run(self, modules: list[tuple[str, str, Any]]) -> None:
+    def run(self, modules: list[ModuleEntry]) -> None:
         seen: set[int] = set()
-        key_index: dict[tuple[int, int, float, float], int] = {}
+        seen_add = seen.add
+        key_index: dict[Any, int] = {}
         wd_cache: dict[tuple[str, str, int], float] = {}
-        exact_no_wd = self.no_wd.exact
-        keys, members, names, canonical, row_keys, params = self.keys, self.members, self.names, self.canonical, self.row_keys, self.params
-        for prefix, cprefix, module_params in modules:
-            located = self.identifier.for_module(cprefix)
-            per_name = callable(located)
+        no_wd_leaves: dict[str, set[str]] = {}  # model.no_weight_decay() names, by canonical module prefix
+        for name in self.no_wd.exact:
+            module_prefix, _, leaf = name.rpartition(".")
+            no_wd_leaves.setdefault(module_prefix, set()).add(leaf)
+        for_module = self.identifier.for_module
+        names, row_keys, params, members = self.names, self.row_keys, self.params, self.members
+        names_add, keys_add, params_add = names.append, row_keys.append, params.append
+        states: list[tuple[Any, bool]] = []
+        for prefix, cprefix, module_params, parent in modules:
+            state = states[parent] if parent >= 0 and states[parent][1] else for_module(cprefix)
+            states.append(state)
+            if not module_params:
+                continue
+            located = state[0]
             dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
-            renamed = dot != cdot
             stub = self._stub(cprefix)
+            if self.cacheable and located is not None and not callable(located):
+                module_no_wd = no_wd_leaves.get(cprefix, ())
+                for leaf, param in module_params.items():  # the common case: nothing here depends on the full name
+                    if param is None or id(param) in seen:
+                        continue
+                    seen_add(id(param))
+                    if not param.requires_grad:
+                        self.frozen.append(dot + leaf)
+                        self.frozen_canonical.append(cdot + leaf)
+                        continue
+                    if leaf in module_no_wd:
+                        wd = 0.0
+                    else:
+                        wd_key = (stub, leaf, param.ndim)
+                        wd = wd_cache.get(wd_key)  # type: ignore[assignment]
+                        if wd is None:
+                            wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], mark_all=True)
+                    k = key_index.get((located, wd))
+                    if k is None:
+                        k = key_index[(located, wd)] = self._key(located, wd, 1.0)
+                    members[k].append(param)
+                    names_add(dot + leaf)
+                    keys_add(k)
+                    params_add(param)
+                continue
             for leaf, param in module_params.items():
                 if param is None or id(param) in seen:
                     continue
-                seen.add(id(param))
-                name = dot + leaf
-                cname = cdot + leaf if renamed else name
+                seen_add(id(param))
+                name, cname = dot + leaf, cdot + leaf
                 if not param.requires_grad:
                     self.frozen.append(name)
                     self.frozen_canonical.append(cname)
                     continue
-                found = located(cname) if per_name else located  # type: ignore[operator]
+                found = located(cname) if callable(located) else located
                 if found is None:
                     self.unmatched.append((name, cname))
                     continue
-                ndim = param.ndim
-                if self.cacheable:
-                    mult = 1.0
-                    if cname in exact_no_wd:
-                        wd = 0.0
-                    else:
-                        wd_key = (stub, leaf, ndim)
-                        wd = wd_cache.get(wd_key)  # type: ignore[assignment]
-                        if wd is None:
-                            wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, ndim)
-                else:
-                    wd = 0.0 if self.no_wd(cname) else self._weight_decay(cname, ndim)
-                    mult = 1.0
-                    if self.overrides:
-                        mult, wd, frozen = self._apply_overrides(cname, wd)
-                        if frozen:
-                            self.override_frozen.append(name)
-                            continue
-                key = (found[0], found[1], wd, mult)
-                k = key_index.get(key)
+                wd = 0.0 if self.no_wd(cname) else self._weight_decay(stub + leaf if self.cacheable else cname, param.ndim)
+                mult = 1.0
+                if self.overrides:
+                    mult, wd, frozen = self._apply_overrides(cname, wd)
+                    if frozen:
+                        self.override_frozen.append(name)
+                        continue
+                k = key_index.get((found, wd, mult))
                 if k is None:
-                    k = key_index[key] = len(keys)
-                    keys.append(key)
-                    members.append([])
+                    k = key_index[(found, wd, mult)] = self._key(found, wd, mult)
                 members[k].append(param)
-                names.append(name)
-                canonical.append(cname)
-                row_keys.append(k)
-                params.append(param)
+                names_add(name)
+                keys_add(k)
+                params_add(param)
+
+    def _key(self, found: tuple[int, int], wd: float, mult: float) -> int:
+        """A new (layer id, rule, weight decay, lr_mult) key; returns its index."""
+        self.keys.append((found[0], found[1], wd, mult))
+        self.members.append([])
+        return len(self.keys) - 1
 
     def _stub(self, cprefix: str) -> str:
         """A stand-in prefix with the same last ``self.tail`` components (``"x.grn."`` for tail 1)."""
         if not cprefix:
             return ""
+        if not self.tail:
+            return "x."
+        if self.tail == 1:
+            head, dot, last = cprefix.rpartition(".")
+            return f"x.{last}." if dot else f"{last}."
         parts = cprefix.split(".")
         kept = parts[len(parts) - self.tail :] if self.tail else []
         return ("x." if len(parts) > len(kept) else "") + "".join(f"{part}." for part in kept)
 
-    def _weight_decay(self, name: str, ndim: int) -> float:
+    def _weight_decay(self, name: str, ndim: int, mark_all: bool = False) -> float:
+        """0 when an exclude entry matches, else the configured value; ``mark_all`` records every
+        matching entry as used (cheap when the result is cached), not just the first."""
+        wd = self.base_wd
         for index, exclusion in enumerate(self.exclusions):
             if exclusion.test(name, ndim):
                 self.exclusion_used[index] = True
-                return 0.0
-        return self.base_wd
+                wd = 0.0
+                if not mark_all:
+                    break
+        return wd
 
     def _apply_overrides(self, canon: str, wd: float) -> tuple[float, float, bool]:
         mult = 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Literal
 
 from lwd_rules.errors import Problem
@@ -67,7 +68,12 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    allowed_unused: Callable[[], list[str]] = field(default=list, repr=False)
     lr: float | None = None
+
+    def unmatched_patterns(self) -> list[str]:
+        """Every rule, exclude entry or override that matched no parameter, the allowed ones included."""
+        return self.unused + self.allowed_unused()
 
     def layers(self) -> list[LayerSummary]:
         """One summary per layer id, in id order: what ``lwd-rules explain`` prints."""

@@ -166,7 +166,7 @@ def test_json_of_the_mini_convnext_is_exact() -> None:
     ]
     assert [tuple(row[f] for f in fields) for row in data["params"]] == expected
     assert data["skipped"] == []
-    assert data["unused"] == [f"weight_decay.exclude[3] ({CONVNEXT_YAML}:{beta}): '*.beta'"]
+    assert data["unused"] == [f"weight_decay.exclude[3] ({CONVNEXT_YAML}:{beta}): '*.beta' (allowed)"]
     assert data["problems"] == []
 
 
@@ -210,7 +210,7 @@ def test_table_of_the_mini_convnext() -> None:
     assert coverage(result.stdout) == [
         "unmatched parameters: 0",
         "rules that matched nothing: 1",
-        f"  weight_decay.exclude[3] ({CONVNEXT_YAML}:{beta}): '*.beta'",
+        f"  weight_decay.exclude[3] ({CONVNEXT_YAML}:{beta}): '*.beta' (allowed)",
         "groups: 10  trainable tensors: 32  left out: 0",
     ]
 
