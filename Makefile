@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PLUGINS := $(wildcard plugins/*)
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench docs install clean
+.PHONY: test demo bench sweep docs install clean
 
 $(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/lwd-rules explain examples/finetune-convnext.yaml --model timm:convnext_atto
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py
+
+sweep: $(STAMP)
+	$(PY) benchmarks/timm_sweep.py
 
 docs: $(STAMP)
 	$(PY) -m lwd_rules.docgen docs/reference.md

@@ -300,6 +300,7 @@ def collect_modules(model: Any, strip: Collection[str]) -> list[ModuleEntry]:
     from torch import nn
 
     standard = (nn.Module.named_modules, nn.Module.named_parameters)
+    strip = frozenset(strip)
     out: list[ModuleEntry] = []
     seen: set[int] = set()
     stack: list[tuple[str, str, Any, int]] = [("", "", model, -1)]
@@ -316,11 +317,14 @@ def collect_modules(model: Any, strip: Collection[str]) -> list[ModuleEntry]:
         children = module._modules
         if children:
             dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
-            stack += [
-                (dot + name, cprefix if name in strip else cdot + name, child, index)
-                for name, child in reversed(children.items())
-                if child is not None
-            ]
+            if dot == cdot and not strip.intersection(children):  # nothing renamed: share the strings
+                stack += [(child_prefix := dot + name, child_prefix, child, index) for name, child in reversed(children.items()) if child is not None]
+            else:
+                stack += [
+                    (dot + name, cprefix if name in strip else cdot + name, child, index)
+                    for name, child in reversed(children.items())
+                    if child is not None
+                ]
     return out
 
 

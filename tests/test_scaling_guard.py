@@ -1,0 +1,86 @@
+"""A guard against accidental quadratic paths in resolve(): it counts work, it times nothing.
+
+On models of 10,000 and 100,000 parameter tensors the number of rule evaluations per module,
+formula evaluations, weight-decay tests and groups must stay within bounds proportional to the
+model (or constant), so a change that re-runs regexes per parameter per rule, or makes one group
+per parameter, fails here long before anyone measures it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lwd_rules import load_rules, resolve
+from lwd_rules.grouping import Grouper
+from lwd_rules.identify import LayerIdentifier
+from lwd_rules.orchestrator import _Walk
+from lwd_rules.plugins import new_registry
+
+RULES = {
+    "layers": {
+        "count": {"blocks": r"^blocks\.(\d+)\."},
+        "num_layers": 24,
+        "rules": [
+            {"match": r"^stem\.", "layer": 0},
+            {"match": r"^blocks\.(?P<block>\d+)\.", "layer": "block * 24 // blocks + 1"},
+        ],
+        "default": "num_layers + 1",
+    },
+    "layer_decay": {"rate": 0.9},
+    "weight_decay": {"value": 0.05, "exclude": ["ndim<=1", "*.bias"]},
+}
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+        self.norm = nn.LayerNorm(2)
+
+
+class Synthetic(nn.Module):
+    def __init__(self, blocks: int) -> None:
+        super().__init__()
+        self.stem = nn.Linear(2, 2)
+        self.blocks = nn.ModuleList(Block() for _ in range(blocks))
+        self.head = nn.Linear(2, 2)
+
+
+def counted(monkeypatch: pytest.MonkeyPatch, owner: type, name: str, calls: dict[str, int]) -> None:
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        calls[name] = calls.get(name, 0) + 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+def work(monkeypatch: pytest.MonkeyPatch, blocks: int) -> tuple[dict[str, int], int, int]:
+    with torch.device("meta"):
+        model = Synthetic(blocks)
+    calls: dict[str, int] = {}
+    with monkeypatch.context() as patch:
+        for owner, name in [(LayerIdentifier, "for_module"), (LayerIdentifier, "_layer_id"), (LayerIdentifier, "identify"), (_Walk, "_weight_decay"), (Grouper, "add_many")]:
+            counted(patch, owner, name, calls)
+        plan = resolve(model, load_rules(RULES, registry=new_registry()), registry=new_registry())
+    tensors = len(plan.params)
+    assert tensors == 4 * blocks + 4
+    return calls, tensors, len(plan.param_groups)
+
+
+@pytest.mark.parametrize("blocks", [2_500, 25_000])
+def test_work_is_linear_in_modules_and_groups_are_bounded(monkeypatch, blocks):
+    calls, tensors, groups = work(monkeypatch, blocks)
+    # Rule matching runs once per block (its children inherit the answer), never per parameter.
+    assert calls["for_module"] == blocks + 4  # the root, stem, blocks container, head, and each block
+    assert calls.get("identify", 0) == 0  # no parameter needed its full name matched
+    # One formula evaluation per distinct (rule, named groups): one per block, plus the stem.
+    assert calls["_layer_id"] <= blocks + 1
+    # Weight decay is decided once per distinct (leaf name, ndim), not per parameter.
+    assert calls["_weight_decay"] <= 8
+    # 26 layer ids (0..25), each with and without decay: groups never grow with the model.
+    assert groups <= 2 * 26
+    assert calls["add_many"] <= 2 * 26 + 2
