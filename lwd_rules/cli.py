@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 problems found, 2 usage error. ``validate``, ``rules``, ``sc
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import sys
@@ -102,6 +103,9 @@ def explain(
     from lwd_rules.models import ModelSpecError, build_model
     from lwd_rules.orchestrator import LwdRulesWarning, resolve
 
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        err.print("--plot needs matplotlib: pip install 'lwd-rules[plot]'", markup=False)
+        raise typer.Exit(EXIT_PROBLEMS)
     try:
         module = build_model(model)
         with warnings.catch_warnings():  # they are in plan.warnings, printed below

@@ -7,12 +7,8 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Union
 
-try:  # the regex parser, for prefix_determined(); renamed in Python 3.11
-    from re import _constants as _c
-    from re import _parser
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as _c  # type: ignore[no-redef]
-    import sre_parse as _parser  # type: ignore[no-redef]
+from re import _constants as _c  # the regex parser, for match_scope()
+from re import _parser
 
 from lwd_rules.errors import Problem, RuleError
 from lwd_rules.expr import FormulaError

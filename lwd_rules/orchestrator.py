@@ -216,12 +216,13 @@ class _Resolver:
         env: dict[str, Any] = {}
         if rules.config.layers.variables:
             seen = len(self.registry.failures)
-            env.update(self.registry.layer_variables(self.bare, rules.name or ""))
+            asked = rules.registered_name
+            env.update(self.registry.layer_variables(self.bare, asked))
             missing = [v for v in rules.config.layers.variables if v not in env]
             if missing:
                 where = rules.chain[-1][0]
                 location = next((raw.locate(("layers", "variables")) for raw, _ in reversed(rules.chain) if "variables" in raw.data.get("layers", {})), where.locate(()))
-                message = f"no plugin provided {', '.join(map(repr, missing))} for rule set {rules.name!r} and {type(self.bare).__name__}"
+                message = f"no plugin provided {', '.join(map(repr, missing))} for rule set {asked!r} and {type(self.bare).__name__}"
                 self.problems.append(Problem(location, "layers.variables", message + self._failures_since(seen)))
         if rules.counts:
             env.update(count_variables(rules.counts, modules))
@@ -230,7 +231,7 @@ class _Resolver:
 
     def _plugin_ids(self) -> dict[str, int]:
         """Layer ids from the ``lwd_layer_ids`` hook, by canonical name (``layers.ids_from_plugins``)."""
-        name = self.rules.name or ""
+        name = self.rules.registered_name
         seen = len(self.registry.failures)
         answer = self.registry.layer_ids(self.bare, name)
         if answer is None:

@@ -768,3 +768,34 @@ def test_optimizer_groups_conventions(convention: str) -> None:
             assert got["lwd_lr_scale"] == group["lr_scale"] and "lr_scale" not in got
         else:
             assert got["lr_scale"] == group["lr_scale"] and got["initial_lr"] == 0.4
+
+
+def test_user_file_with_its_own_name_still_reaches_the_plugin(tmp_path: Path) -> None:
+    """Plugin hooks are asked about the nearest registered rule set, not the user's own name."""
+    import timm
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nextends: convnext-timm\nlayer_decay: {rate: 0.5}\n", encoding="utf-8")
+    with torch.device("meta"):
+        model = timm.create_model("convnext_atto", pretrained=False)
+    plan = resolve(model, path)
+    assert plan.variables["depths"] == [2, 2, 6, 2]
+    assert plan.rules.name == "mine"
+    stem = next(row for row in plan.params if row.name == "stem.0.weight")
+    assert (stem.layer_id, stem.lr_scale) == (1, 0.5**12)
+
+
+def test_wrapped_model_has_the_bare_models_fingerprint() -> None:
+    class Wrapper(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.module = inner
+
+    rules = {"layers": {"rules": [{"match": r"^a\.", "layer": 0}], "default": 1}, "layer_decay": {"rate": 0.5}}
+    with torch.device("meta"):
+        bare = nn.Module()
+        bare.a = nn.Linear(2, 2)
+        bare.b = nn.Linear(2, 2)
+    registry = new_registry()
+    assert resolve(Wrapper(bare), rules, registry=registry).fingerprint() == resolve(bare, rules, registry=registry).fingerprint()
+    assert resolve(torch.compile(bare), rules, registry=registry).fingerprint() == resolve(bare, rules, registry=registry).fingerprint()

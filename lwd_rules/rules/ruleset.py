@@ -114,6 +114,16 @@ class RuleSet:
         return self.config.name
 
     @property
+    def registered_name(self) -> str:
+        """The nearest rule set in the chain that a plugin registered: the name plugin hooks are
+        asked about, so a user's own ``name:`` on top of ``extends: convnext-timm`` still reaches
+        the plugin serving ``convnext-timm``."""
+        for _, provenance in reversed(self.chain):
+            if provenance.plugin and provenance.name:
+                return provenance.name
+        return self.name or ""
+
+    @property
     def provenance(self) -> tuple[Provenance, ...]:
         """Every file of the ``extends`` chain, base first."""
         return tuple(p for _, p in self.chain)
