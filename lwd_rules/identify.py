@@ -128,8 +128,8 @@ def count_variables(counts: Sequence[Count], modules: Sequence[ModuleEntry]) -> 
     """
     out: dict[str, int | list[int]] = {}
     names: list[str] | None = None
-    probes = [f"{cprefix}." for _, cprefix, params, _ in modules if cprefix and params]
-    roots = [leaf for _, cprefix, params, _ in modules if not cprefix for leaf in params]
+    probes = [f"{cprefix}." for _, cprefix, params, _, _ in modules if cprefix and params]
+    roots = [leaf for _, cprefix, params, _, _ in modules if not cprefix for leaf in params]
     probes += roots  # root parameters' names, whole
     for count in counts:
         scope = match_scope(count.pattern)
@@ -139,7 +139,7 @@ def count_variables(counts: Sequence[Count], modules: Sequence[ModuleEntry]) -> 
             texts = roots
         else:
             if names is None:
-                names = [f"{cprefix}.{leaf}" if cprefix else leaf for _, cprefix, params, _ in modules for leaf in params]
+                names = [f"{cprefix}.{leaf}" if cprefix else leaf for _, cprefix, params, _, _ in modules for leaf in params]
             texts = names
         matches = [m.groups() for m in map(count.pattern.search, texts) if m]
         numbers = [tuple(int(g) for g in groups) for groups in matches if all(g is not None and g.isdigit() for g in groups)]
@@ -282,7 +282,8 @@ def _as_int(text: str | None) -> int | None:
         return None
 
 
-ModuleEntry = tuple[str, str, Mapping[str, Any], int]  # prefix, canonical prefix, own parameters, parent index
+# prefix, canonical prefix, own parameters, parent index, module class
+ModuleEntry = tuple[str, str, Mapping[str, Any], int, type]
 
 
 def collect_modules(model: Any, strip: Collection[str]) -> list[ModuleEntry]:
@@ -309,7 +310,7 @@ def collect_modules(model: Any, strip: Collection[str]) -> list[ModuleEntry]:
         if (kind.named_modules, kind.named_parameters) != standard:
             return _collect_through_named_modules(model, strip)
         index = len(out)
-        out.append((prefix, cprefix, module._parameters, parent))
+        out.append((prefix, cprefix, module._parameters, parent, kind))
         children = module._modules
         if children:
             dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
@@ -331,5 +332,11 @@ def _collect_through_named_modules(model: Any, strip: Collection[str]) -> list[M
     for prefix, module in model.named_modules():
         parent = index_of.get(prefix.rpartition(".")[0], -1) if prefix else -1
         index_of[prefix] = len(out)
-        out.append((prefix, canonical(prefix), module._parameters, parent))
+        out.append((prefix, canonical(prefix), module._parameters, parent, type(module)))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def class_names(kind: type) -> tuple[str, ...]:
+    """The names of a module class and its bases, for ``module:`` weight-decay exclusions."""
+    return tuple(cls.__name__ for cls in kind.__mro__ if cls is not object)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from lwd_rules import scaling
 from lwd_rules.errors import Location, Problem, RuleError
 from lwd_rules.grouping import Grouper, Settings
-from lwd_rules.identify import DEFAULT, PLUGIN, LayerIdentifier, ModuleEntry, canonical_name, collect_modules, count_variables
+from lwd_rules.identify import DEFAULT, PLUGIN, LayerIdentifier, ModuleEntry, canonical_name, class_names, collect_modules, count_variables
 from lwd_rules.plan import Convention, ParamRow, Plan, Skipped
 from lwd_rules.rules.load import Source, extend, load_rules, rebase
 from lwd_rules.rules.ruleset import RuleSet
@@ -203,7 +203,7 @@ class _Resolver:
 
     def _check_collisions(self, modules: list[ModuleEntry]) -> None:
         seen: dict[str, str] = {}
-        for prefix, cprefix, params, _ in modules:
+        for prefix, cprefix, params, _, _ in modules:
             for leaf in params:
                 name, canon = _join(prefix, leaf), _join(cprefix, leaf)
                 other = seen.setdefault(canon, name)
@@ -303,9 +303,9 @@ class _Resolver:
     def _report_unused(self, modules: list[ModuleEntry], rules_used: list[bool], excl_used: list[bool], override_used: list[bool]) -> None:
         mode = self.rules.config.checks.unused_patterns
         candidates = [
-            *((r, r.path + ".match", r.pattern.pattern, lambda n, d, r=r: r.pattern.search(n)) for r, u in zip(self.rules.rules, rules_used) if not u),
+            *((r, r.path + ".match", r.pattern.pattern, lambda n, d, k, r=r: r.pattern.search(n)) for r, u in zip(self.rules.rules, rules_used) if not u),
             *((e, e.path, e.text, e.test) for e, u in zip(self.rules.exclusions, excl_used) if not u),
-            *((o, o.path + ".match", o.pattern.pattern, lambda n, d, o=o: o.pattern.search(n)) for o, u in zip(self.rules.overrides, override_used) if not u),
+            *((o, o.path + ".match", o.pattern.pattern, lambda n, d, k, o=o: o.pattern.search(n)) for o, u in zip(self.rules.overrides, override_used) if not u),
         ]
         if not candidates:
             return
@@ -313,8 +313,8 @@ class _Resolver:
         def unmatched(chosen: list[Any]) -> list[tuple[Any, str, str]]:
             if not chosen:
                 return []
-            named = [(_join(cprefix, leaf), p.ndim) for _, cprefix, params, _ in modules for leaf, p in params.items() if p is not None]
-            return [(entry, path, text) for entry, path, text, test in chosen if not any(test(n, d) for n, d in named)]
+            named = [(_join(cprefix, leaf), p.ndim, class_names(kind)) for _, cprefix, params, _, kind in modules for leaf, p in params.items() if p is not None]
+            return [(entry, path, text) for entry, path, text, test in chosen if not any(test(n, d, k) for n, d, k in named)]
 
         for entry, path, text in unmatched([c for c in candidates if not c[0].allow_unused]):
             self.unused.append(f"{path} ({_label(entry.origin, path)}): {text!r}")
@@ -356,7 +356,7 @@ def _tail_needed(text: str) -> int | None:
     name ending in the same components, so their result is cached per (tail, leaf, ndim).
     """
     text = text.strip()
-    if text.startswith("ndim"):
+    if text.startswith(("ndim", "module:")):
         return 0
     suffix = text[1:]
     if not text.startswith("*") or _GLOB_CHARS & set(suffix):
@@ -400,7 +400,7 @@ class _Walk:
         seen: set[int] = set()
         seen_add = seen.add
         key_index: dict[Any, int] = {}
-        wd_cache: dict[tuple[str, str, int], float] = {}
+        wd_cache: dict[tuple[str, str, int, tuple[str, ...]], float] = {}
         no_wd_leaves: dict[str, set[str]] = {}  # model.no_weight_decay() names, by canonical module prefix
         for name in self.no_wd.exact:
             module_prefix, _, leaf = name.rpartition(".")
@@ -409,7 +409,7 @@ class _Walk:
         names, row_keys, params, members = self.names, self.row_keys, self.params, self.members
         names_add, keys_add, params_add = names.append, row_keys.append, params.append
         states: list[tuple[Any, bool]] = []
-        for prefix, cprefix, module_params, parent in modules:
+        for prefix, cprefix, module_params, parent, kind in modules:
             state = states[parent] if parent >= 0 and states[parent][1] else for_module(cprefix)
             states.append(state)
             if not module_params:
@@ -417,6 +417,7 @@ class _Walk:
             located = state[0]
             dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
             stub = self._stub(cprefix)
+            kinds = class_names(kind)
             if self.cacheable and located is not None and not callable(located):
                 module_no_wd = no_wd_leaves.get(cprefix, ())
                 for leaf, param in module_params.items():  # the common case: nothing here depends on the full name
@@ -430,10 +431,10 @@ class _Walk:
                     if leaf in module_no_wd:
                         wd = 0.0
                     else:
-                        wd_key = (stub, leaf, param.ndim)
+                        wd_key = (stub, leaf, param.ndim, kinds)
                         wd = wd_cache.get(wd_key)  # type: ignore[assignment]
                         if wd is None:
-                            wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], mark_all=True)
+                            wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], kinds, mark_all=True)
                     k = key_index.get((located, wd))
                     if k is None:
                         k = key_index[(located, wd)] = self._key(located, wd, 1.0)
@@ -455,7 +456,7 @@ class _Walk:
                 if found is None:
                     self.unmatched.append((name, cname))
                     continue
-                wd = 0.0 if self.no_wd(cname) else self._weight_decay(stub + leaf if self.cacheable else cname, param.ndim)
+                wd = 0.0 if self.no_wd(cname) else self._weight_decay(stub + leaf if self.cacheable else cname, param.ndim, kinds)
                 mult = 1.0
                 if self.overrides:
                     mult, wd, frozen = self._apply_overrides(cname, wd)
@@ -489,12 +490,12 @@ class _Walk:
         kept = parts[len(parts) - self.tail :] if self.tail else []
         return ("x." if len(parts) > len(kept) else "") + "".join(f"{part}." for part in kept)
 
-    def _weight_decay(self, name: str, ndim: int, mark_all: bool = False) -> float:
+    def _weight_decay(self, name: str, ndim: int, kinds: tuple[str, ...], mark_all: bool = False) -> float:
         """0 when an exclude entry matches, else the configured value; ``mark_all`` records every
         matching entry as used (cheap when the result is cached), not just the first."""
         wd = self.base_wd
         for index, exclusion in enumerate(self.exclusions):
-            if exclusion.test(name, ndim):
+            if exclusion.test(name, ndim, kinds):
                 self.exclusion_used[index] = True
                 wd = 0.0
                 if not mark_all:

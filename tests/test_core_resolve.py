@@ -799,3 +799,35 @@ def test_wrapped_model_has_the_bare_models_fingerprint() -> None:
     registry = new_registry()
     assert resolve(Wrapper(bare), rules, registry=registry).fingerprint() == resolve(bare, rules, registry=registry).fingerprint()
     assert resolve(torch.compile(bare), rules, registry=registry).fingerprint() == resolve(bare, rules, registry=registry).fingerprint()
+
+
+def test_module_type_exclusion_matches_the_owning_class_and_its_bases() -> None:
+    class RMSNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(4))
+
+    class MyLayerNorm(nn.LayerNorm):
+        pass
+
+    with torch.device("meta"):
+        model = nn.Module()
+        model.proj = nn.Linear(4, 4)  # weight 2-D: decays; bias 1-D but not excluded here
+        model.rms = RMSNorm()
+        model.ln = MyLayerNorm(4)  # a LayerNorm by inheritance
+        model.scale = nn.Linear(4, 4)
+    rules = {
+        "layers": {"default": 0},
+        "weight_decay": {"value": 0.1, "exclude": ["module:^(LayerNorm|RMSNorm)$"]},
+    }
+    plan = resolve(model, rules, registry=new_registry())
+    decays = {row.name: row.weight_decay for row in plan.params}
+    assert decays == {
+        "proj.weight": 0.1,
+        "proj.bias": 0.1,
+        "rms.weight": 0.0,
+        "ln.weight": 0.0,
+        "ln.bias": 0.0,
+        "scale.weight": 0.1,
+        "scale.bias": 0.1,
+    }

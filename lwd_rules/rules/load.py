@@ -382,21 +382,25 @@ class _Compiler:
                 out.append(rs.Exclusion(dotted(path), text, test, self.where(path), allow_unused))
         return out
 
-    def exclusion_test(self, text: str, path: FieldPath) -> Callable[[str, int], bool] | None:
+    def exclusion_test(self, text: str, path: FieldPath) -> Callable[[str, int, tuple[str, ...]], bool] | None:
+        """A test on (canonical name, ndim, class names of the owning module) for one exclude entry."""
         ndim = _NDIM.match(text)
         if ndim:
             compare, bound = rs.NDIM_OPS[ndim.group(1)], int(ndim.group(2))
-            return lambda name, dims: compare(dims, bound)
+            return lambda name, dims, kinds: compare(dims, bound)
         if text.startswith("ndim"):
             self.problem(path, f"bad ndim test {text!r} (write e.g. ndim<=1)")
             return None
+        if text.startswith("module:"):
+            pattern = self.regex(text[len("module:") :], path)
+            return None if pattern is None else (lambda name, dims, kinds: any(pattern.search(k) for k in kinds))
         if text.startswith("re:"):
             pattern = self.regex(text[3:], path)
-            return None if pattern is None else (lambda name, dims: pattern.search(name) is not None)
+            return None if pattern is None else (lambda name, dims, kinds: pattern.search(name) is not None)
         if any(c in text for c in "*?["):
             pattern = self.regex(fnmatch.translate(text), path)
-            return None if pattern is None else (lambda name, dims: pattern.match(name) is not None)
-        return lambda name, dims: name == text
+            return None if pattern is None else (lambda name, dims, kinds: pattern.match(name) is not None)
+        return lambda name, dims, kinds: name == text
 
 
 @dataclass

@@ -41,11 +41,11 @@ class LayerRule:
 
 @dataclass(frozen=True)
 class Exclusion:
-    """A compiled ``weight_decay.exclude`` entry: a test on (canonical name, ndim)."""
+    """A compiled ``weight_decay.exclude`` entry: a test on (canonical name, ndim, module class names)."""
 
     path: str
     text: str
-    test: Callable[[str, int], bool] = field(compare=False)
+    test: Callable[[str, int, tuple[str, ...]], bool] = field(compare=False)
     origin: Location
     allow_unused: bool
 

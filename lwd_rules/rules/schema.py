@@ -85,7 +85,9 @@ class LayerDecay(Strict):
 class ExcludeEntry(Strict):
     """A weight-decay exclusion with options."""
 
-    pattern: str = Field(description="ndim<=K / ndim==K / ndim<K, a glob on names, or 're:' followed by a regex.")
+    pattern: str = Field(
+        description="ndim<=K / ndim==K / ndim<K, a glob on names, 're:<regex>' on names, or 'module:<regex>' on the owning module's class names."
+    )
     allow_unused: bool = Field(False, description="Do not report this entry when it matches no parameter.")
 
 
@@ -95,7 +97,10 @@ class WeightDecay(Strict):
     value: float = Field(0.0, ge=0, description="Weight decay of every parameter not excluded.")
     exclude: list[str | ExcludeEntry] = Field(
         default_factory=list,
-        description="Parameters that get weight decay 0: ndim<=1, globs like '*.bias', 're:<regex>', or exact names.",
+        description=(
+            "Parameters that get weight decay 0: ndim<=1, globs like '*.bias', 're:<regex>', exact names, or "
+            "'module:<regex>' searched in the class names (base classes included) of the module owning the parameter."
+        ),
     )
     use_model_no_weight_decay: bool = Field(False, description="Names returned by model.no_weight_decay() get weight decay 0.")
 
