@@ -7,13 +7,16 @@ from lwd_rules.orchestrator import LwdRulesWarning, build_optimizer, create_opti
 from lwd_rules.plan import ParamRow, Plan
 from lwd_rules.rules.load import load_rules
 from lwd_rules.rules.ruleset import RuleSet
+from lwd_rules.training import LrScaleError, PlanMismatchError, check_optimizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Location",
+    "LrScaleError",
     "LwdRulesWarning",
     "ParamRow",
+    "PlanMismatchError",
     "Plan",
     "PluginError",
     "Problem",
@@ -22,6 +25,7 @@ __all__ = [
     "__version__",
     "build_optimizer",
     "canonical_name",
+    "check_optimizer",
     "create_optimizer",
     "hookimpl",
     "load_rules",

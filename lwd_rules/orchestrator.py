@@ -17,6 +17,7 @@ from lwd_rules.identify import DEFAULT, PLUGIN, LayerIdentifier, ModuleEntry, ca
 from lwd_rules.plan import Convention, ParamRow, Plan, Skipped
 from lwd_rules.rules.load import Source, extend, load_rules, rebase
 from lwd_rules.rules.ruleset import RuleSet
+from lwd_rules.training import stamp
 
 if TYPE_CHECKING:
     import torch
@@ -595,7 +596,11 @@ def create_optimizer(
 
 
 def build_optimizer(plan: Plan, *, optimizer: str | None = None, convention: Convention = "torch", **optimizer_kwargs: Any) -> torch.optim.Optimizer:
-    """The optimizer for an existing plan (see ``create_optimizer``)."""
+    """The optimizer for an existing plan (see ``create_optimizer``).
+
+    Its ``state_dict()`` carries the plan's fingerprint; loading a state saved under another plan
+    raises ``PlanMismatchError``.
+    """
     config = plan.rules.config.optimizer
     name = optimizer or config.name or "adamw"
     kwargs = {**(config.model_extra or {}), **optimizer_kwargs}
@@ -605,7 +610,9 @@ def build_optimizer(plan: Plan, *, optimizer: str | None = None, convention: Con
     import timm.optim
 
     # timm's factory adds its per-optimizer defaults (momentum for sgd, lookahead_ prefixes).
-    return timm.optim.create_optimizer_v2(plan.optimizer_groups(plan.lr, convention), opt=name, lr=plan.lr, **kwargs)
+    optimizer = timm.optim.create_optimizer_v2(plan.optimizer_groups(plan.lr, convention), opt=name, lr=plan.lr, **kwargs)
+    stamp(optimizer, plan)
+    return optimizer
 
 
 def optimizer_names() -> list[str]:
