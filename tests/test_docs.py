@@ -56,3 +56,13 @@ def test_readme_quickstart_runs(monkeypatch):
     # convnext_atto: 12 layers, rate 0.8 -> the stem (id 1) trains at 4e-4 * 0.8 ** 12.
     assert groups["layer_1_decay"]["lr"] == pytest.approx(4.0e-4 * 0.8**12, rel=1e-12)
     assert groups["layer_13_decay"]["lr"] == pytest.approx(4.0e-4 * 10.0, rel=1e-12)
+
+
+def test_example_finetuning_script_runs_and_prints_per_group_lrs():
+    import subprocess
+    import sys
+
+    script = ROOT / "examples" / "finetune_convnext.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "layer_1_decay" in done.stdout and "layer_13_decay" in done.stdout
