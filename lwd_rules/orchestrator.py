@@ -532,11 +532,13 @@ class _Rows(Sequence[ParamRow]):
     def __init__(self, walk: _Walk, final: list[int], groups: list[dict[str, Any]], labels: Mapping[int, tuple[str, str]]) -> None:
         self._source = (walk.names, walk.row_keys, walk.params, walk.keys, final, groups, labels)
         self._rows: list[ParamRow] | None = None
+        self._tensors: list[Any] = []
 
     def _built(self) -> list[ParamRow]:
         if self._rows is None:
             names, row_keys, params, keys, final, groups, labels = self._source
             rows = []
+            tensors = []
             for name, k, param in zip(names, row_keys, params):
                 group = final[k]
                 if group < 0:
@@ -544,8 +546,14 @@ class _Rows(Sequence[ParamRow]):
                 layer_id, source, wd, _ = keys[k]
                 entry = groups[group]
                 rows.append(ParamRow(name, layer_id, entry["lr_scale"], wd, entry["group_name"], *labels[source], param.numel(), param.ndim))
-            self._rows = rows
+                tensors.append(param)
+            self._rows, self._tensors = rows, tensors
         return self._rows
+
+    def tensors(self) -> list[Any]:
+        """The parameter of each row, in the same order."""
+        self._built()
+        return self._tensors
 
     def __len__(self) -> int:
         return len(self._built())
@@ -595,24 +603,107 @@ def create_optimizer(
     return build_optimizer(plan, optimizer=optimizer, convention=convention, **optimizer_kwargs)
 
 
+def create_optimizers(
+    model: torch.nn.Module,
+    source: Source | None = None,
+    *,
+    lr: float | None = None,
+    optimizer: str | None = None,
+    layer_decay: float | None = None,
+    weight_decay: float | None = None,
+    convention: Convention = "torch",
+    registry: Registry | None = None,
+    **optimizer_kwargs: Any,
+) -> list[torch.optim.Optimizer]:
+    """Like ``create_optimizer``, for rules that route parameters to two torch optimizers
+    (``optimizer: {name: torch.Muon, fallback: adamw}``): returns ``[primary, fallback]``."""
+    plan = resolve(model, source, layer_decay=layer_decay, weight_decay=weight_decay, lr=lr, registry=registry)
+    return build_optimizers(plan, optimizer=optimizer, convention=convention, **optimizer_kwargs)
+
+
 def build_optimizer(plan: Plan, *, optimizer: str | None = None, convention: Convention = "torch", **optimizer_kwargs: Any) -> torch.optim.Optimizer:
     """The optimizer for an existing plan (see ``create_optimizer``).
 
-    Its ``state_dict()`` carries the plan's fingerprint; loading a state saved under another plan
-    raises ``PlanMismatchError``.
+    With ``optimizer.fallback`` and one of timm's hybrid optimizers (``muon``, ``adamuon``,
+    ``nadamuon``, ``nmuon``), the hidden matrices go to Muon and every other parameter to its
+    built-in AdamW (``use_fallback`` groups), all with layer-wise decay. Its ``state_dict()``
+    carries the plan's fingerprint; loading a state saved under another plan raises
+    ``PlanMismatchError``.
+    """
+    optimizers = build_optimizers(plan, optimizer=optimizer, convention=convention, **optimizer_kwargs)
+    if len(optimizers) != 1:
+        raise ValueError("these rules route parameters to two optimizers (a torch.* optimizer with a fallback): use create_optimizers()")
+    return optimizers[0]
+
+
+TIMM_HYBRIDS = frozenset({"muon", "adamuon", "nadamuon", "nmuon"})
+
+
+def build_optimizers(plan: Plan, *, optimizer: str | None = None, convention: Convention = "torch", **optimizer_kwargs: Any) -> list[torch.optim.Optimizer]:
+    """The optimizer(s) for a plan: one, or two when ``optimizer.fallback`` routes parameters.
+
+    Routing sends each "hidden matrix" (``ndim == 2``, or ``>= 2`` for timm's Muon which flattens
+    convolutions, with a layer id in ``1..num_layers``: not the stem or embeddings at 0, not the
+    head at ``num_layers + 1``) to ``optimizer.name`` and everything else to ``optimizer.fallback``.
+    timm's hybrids hold both routes in one optimizer; a ``torch.*`` optimizer (``torch.Muon``) and
+    its fallback are two optimizers, returned in that order.
     """
     config = plan.rules.config.optimizer
     name = optimizer or config.name or "adamw"
-    kwargs = {**(config.model_extra or {}), **optimizer_kwargs}
+    extra = {k: v for k, v in (config.model_extra or {}).items()}
+    kwargs = {**extra, **optimizer_kwargs}
     if plan.lr is None:
         raise RuleError.single(Location("<arguments>"), "optimizer.lr", "no learning rate: pass lr= or set optimizer.lr in the rules")
+    groups = plan.optimizer_groups(plan.lr, convention)
+    fallback = config.fallback
+    if fallback is None:
+        built = [_construct(name, groups, plan.lr, kwargs)]
+    elif name.lower() in TIMM_HYBRIDS:
+        if fallback.lower() != "adamw":
+            raise ValueError(f"timm's {name} has AdamW built in as its fallback; got fallback {fallback!r}")
+        primary, secondary = _route(plan, groups, min_ndim=2, exact_2d=False)
+        built = [_construct(name, primary + [{**g, "use_fallback": True} for g in secondary], plan.lr, kwargs)]
+    else:
+        primary, secondary = _route(plan, groups, min_ndim=2, exact_2d=True)
+        built = [_construct(name, primary, plan.lr, kwargs), _construct(fallback, secondary, plan.lr, {})]
+    for opt in built:
+        stamp(opt, plan)
+    return built
+
+
+def _route(plan: Plan, groups: list[dict[str, Any]], *, min_ndim: int, exact_2d: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split every group into its hidden-matrix part and the rest (empty parts dropped)."""
+    hidden = {
+        id(tensor)
+        for row, tensor in zip(plan.params, plan.params.tensors())  # type: ignore[attr-defined]
+        if (row.ndim == 2 if exact_2d else row.ndim >= min_ndim) and 0 < row.layer_id <= plan.num_layers
+    }
+    primary, secondary = [], []
+    for group in groups:
+        inside = [p for p in group["params"] if id(p) in hidden]
+        outside = [p for p in group["params"] if id(p) not in hidden]
+        if inside:
+            primary.append({**group, "params": inside, "group_name": f"{group['group_name']}:matrix"})
+        if outside:
+            secondary.append({**group, "params": outside, "group_name": f"{group['group_name']}:fallback"})
+    return primary, secondary
+
+
+def _construct(name: str, groups: list[dict[str, Any]], lr: float, kwargs: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """One optimizer by name: ``torch.<Class>`` from torch.optim, anything else from timm's registry."""
+    if name.startswith("torch."):
+        import torch
+
+        cls = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)}.get(name[6:].lower())
+        if cls is None or not issubclass(cls, torch.optim.Optimizer):
+            raise ValueError(f"torch.optim has no optimizer {name[6:]!r}")
+        _check_kwargs(name, cls, kwargs)
+        return cls(groups, lr=lr, **kwargs)
     _check_kwargs(name, _optimizer_class(name), kwargs)
     import timm.optim
 
     # timm's factory adds its per-optimizer defaults (momentum for sgd, lookahead_ prefixes).
-    optimizer = timm.optim.create_optimizer_v2(plan.optimizer_groups(plan.lr, convention), opt=name, lr=plan.lr, **kwargs)
-    stamp(optimizer, plan)
-    return optimizer
+    return timm.optim.create_optimizer_v2(groups, opt=name, lr=lr, **kwargs)
 
 
 def optimizer_names() -> list[str]:

@@ -24,12 +24,20 @@ def check_optimizer(optimizer: Any, plan: Plan, *, rel_tol: float = 1e-9) -> Non
 
     Call it after a scheduler step (or in a test) to catch the two silent mistakes: a scheduler that
     ignores ``lr_scale`` (every group at the same lr) and one that applies it twice (``scale²``).
-    Groups are matched to the plan by position; a different number of groups is an error too.
+    Groups are matched to the plan by ``group_name``; a group the plan lacks, or (unrouted) a
+    different number of groups, is an error too.
     """
     groups = optimizer.param_groups
-    if len(groups) != len(plan.param_groups):
+    planned = {g["group_name"]: g["lr_scale"] for g in plan.param_groups}
+    full_names = [str(g.get("group_name", "")) for g in groups]
+    routed = any(":" in n for n in full_names)  # "<plan group>:matrix" / ":fallback" when parameters are routed
+    names = [n.split(":")[0] for n in full_names]
+    if not routed and len(groups) != len(plan.param_groups):
         raise LrScaleError(f"the optimizer has {len(groups)} param groups, the plan {len(plan.param_groups)}: was it built from this plan?")
-    scales = [g["lr_scale"] for g in plan.param_groups]
+    unknown = [n for n in names if n not in planned]
+    if unknown:
+        raise LrScaleError(f"optimizer group {unknown[0]!r} is not in the plan: was it built from this plan?")
+    scales = [planned[n] for n in names]
     reference = max(range(len(groups)), key=lambda i: scales[i])
     base = _lr(groups[reference]) / scales[reference]
     if base == 0.0:
@@ -37,7 +45,7 @@ def check_optimizer(optimizer: Any, plan: Plan, *, rel_tol: float = 1e-9) -> Non
     for index, (group, scale) in enumerate(zip(groups, scales)):
         ratio = _lr(group) / base
         if not math.isclose(ratio, scale, rel_tol=rel_tol, abs_tol=1e-300):
-            name = plan.param_groups[index]["group_name"]
+            name = group.get("group_name", names[index])
             hint = ""
             if math.isclose(ratio, 1.0, rel_tol=rel_tol) and scale != 1.0:
                 hint = " (the scheduler ignores lr_scale: use convention='torch' with torch / Hugging Face schedulers)"

@@ -120,8 +120,17 @@ class Optimizer(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str | None = Field(None, description="Name in timm's optimizer registry: adamw, sgd, lamb, lion, ...")
+    name: str | None = Field(
+        None, description="Name in timm's optimizer registry (adamw, sgd, lamb, lion, muon, ...) or torch.<Class> (torch.Muon)."
+    )
     lr: float | None = Field(None, gt=0, description="Base learning rate (the head's).")
+    fallback: str | None = Field(
+        None,
+        description=(
+            "Route hidden 2-D weights to `name` and everything else (embeddings, norms, biases, head) here: "
+            "adamw for timm's muon family (one optimizer), any name for a torch.* optimizer (create_optimizers)."
+        ),
+    )
 
 
 class Checks(Strict):
