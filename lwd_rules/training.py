@@ -48,7 +48,13 @@ def check_optimizer(optimizer: Any, plan: Plan, *, rel_tol: float = 1e-9) -> Non
             name = group.get("group_name", names[index])
             hint = ""
             if math.isclose(ratio, 1.0, rel_tol=rel_tol) and scale != 1.0:
-                hint = " (the scheduler ignores lr_scale: use convention='torch' with torch / Hugging Face schedulers)"
+                if "lwd_lr_scale" in group:  # already the torch convention: a value shared by all groups
+                    hint = (
+                        " (the scheduler ignores lr_scale: a fixed lr shared by every group, such as timm's "
+                        "warmup_lr_init or a single OneCycleLR max_lr; use convention='timm' or per-group values)"
+                    )
+                else:
+                    hint = " (the scheduler ignores lr_scale: use convention='torch' with torch / Hugging Face schedulers)"
             elif math.isclose(ratio, scale * scale, rel_tol=rel_tol):
                 hint = " (lr_scale applied twice: use convention='timm' with timm schedulers or the reference loop)"
             raise LrScaleError(f"group {index} {name!r} trains at {ratio:.6g} × the base lr, the plan says {scale:.6g}{hint}")
