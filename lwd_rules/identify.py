@@ -20,7 +20,11 @@ PLUGIN = -2  # rule index reported for names placed by the lwd_layer_ids hook
 
 
 def canonical_name(name: str, strip: Collection[str] = WRAPPER_COMPONENTS) -> str:
-    """``name`` with wrapper components (``module``, ``_orig_mod``, ...) removed wherever they occur."""
+    """``name`` with wrapper components removed: plain entries (``module``, ``_orig_mod``, ...)
+    wherever they occur, dotted entries (PEFT's ``base_model.model``) only at the start."""
+    for lead in strip:
+        if "." in lead and (name == lead or name.startswith(lead + ".")):
+            name = name[len(lead) + 1 :]
     parts = name.split(".")
     kept = [part for part in parts if part not in strip]
     return name if len(kept) == len(parts) else ".".join(kept)
@@ -30,7 +34,7 @@ def canonicalizer(strip: Collection[str]) -> Callable[[str], str]:
     """A fast ``canonical_name`` for one strip set: names without any of the components skip the split."""
     if not strip:
         return lambda name: name
-    quick = re.compile("|".join(re.escape(component) for component in sorted(strip)))
+    quick = re.compile("|".join(re.escape(component.split(".")[0]) for component in sorted(strip)))
     components = frozenset(strip)
     return lambda name: name if quick.search(name) is None else canonical_name(name, components)
 
@@ -298,6 +302,7 @@ def collect_modules(model: Any, strip: Collection[str]) -> list[ModuleEntry]:
 
     standard = (nn.Module.named_modules, nn.Module.named_parameters)
     strip = frozenset(strip)
+    leads = tuple(lead for lead in strip if "." in lead)  # leading prefixes, e.g. PEFT's base_model.model
     out: list[ModuleEntry] = []
     seen: set[int] = set()
     stack: list[tuple[str, str, Any, int]] = [("", "", model, -1)]
@@ -310,6 +315,8 @@ def collect_modules(model: Any, strip: Collection[str]) -> list[ModuleEntry]:
         if (kind.named_modules, kind.named_parameters) != standard:
             return _collect_through_named_modules(model, strip)
         index = len(out)
+        if leads and cprefix.startswith(leads):
+            cprefix = canonical_name(cprefix, strip)
         out.append((prefix, cprefix, module._parameters, parent, kind))
         children = module._modules
         if children:

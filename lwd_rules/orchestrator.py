@@ -90,15 +90,25 @@ def _detect(model: Any, registry: Registry) -> str:
 
 
 def unwrap(model: Any) -> Any:
-    """The module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    """The module inside DDP (``.module``), ``torch.compile`` (``._orig_mod``) and PEFT (``get_base_model()``) wrappers."""
     seen = set()
     while id(model) not in seen:
         seen.add(id(model))
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        inner = _first_present(model, "_orig_mod", "module")  # no truth tests: some wrappers define __len__
+        if inner is None and callable(getattr(model, "get_base_model", None)):
+            inner = model.get_base_model()
         if inner is None or not hasattr(inner, "named_parameters"):
             break
         model = inner
     return model
+
+
+def _first_present(obj: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
 
 
 class _Resolver:
@@ -152,7 +162,8 @@ class _Resolver:
             self.fail_if_problems()
         if "num_layers" not in env:  # N = highest id - 1, frozen parameters included so freezing shifts nothing
             frozen_ids = (found[0] for found in map(identifier.identify, walk.frozen_canonical) if found)
-            env["num_layers"] = max(max([*(key[0] for key in walk.keys), *frozen_ids], default=1) - 1, 0)
+            override_ids = (layer_id for _, layer_id in walk.override_frozen)
+            env["num_layers"] = max(max([*(key[0] for key in walk.keys), *frozen_ids, *override_ids], default=1) - 1, 0)
         num_layers = env["num_layers"]
         self._report_defaulted(walk)
         self._check_range(walk, num_layers)
@@ -169,7 +180,7 @@ class _Resolver:
             final.append(-1 if key_index in below else grouper.add_many(walk.members[key_index], Settings(scales[layer_id] * mult, wd), layer_id))
         skipped = [Skipped(name, "requires_grad is False") for name in walk.frozen]
         skipped += [Skipped(name, "no rule matches") for name, _ in walk.unmatched]
-        skipped += [Skipped(name, "frozen by an override") for name in walk.override_frozen]
+        skipped += [Skipped(name, "frozen by an override") for name, _ in walk.override_frozen]
         if below:
             skipped += [
                 Skipped(name, f"scale {raw_scales[walk.keys[k][0]]:.3g} of layer {walk.keys[k][0]} is below min_scale")
@@ -392,7 +403,7 @@ class _Walk:
         self.frozen: list[str] = []
         self.frozen_canonical: list[str] = []
         self.unmatched: list[tuple[str, str]] = []
-        self.override_frozen: list[str] = []
+        self.override_frozen: list[tuple[str, int]] = []  # (name, layer id)
         self.exclusion_used = [False] * len(self.exclusions)
         self.override_used = [False] * len(self.overrides)
         self.conflicts: dict[tuple[int, int, str], list[str]] = {}
@@ -462,7 +473,7 @@ class _Walk:
                 if self.overrides:
                     mult, wd, frozen = self._apply_overrides(cname, wd)
                     if frozen:
-                        self.override_frozen.append(name)
+                        self.override_frozen.append((name, found[0]))
                         continue
                 k = key_index.get((found, wd, mult))
                 if k is None:

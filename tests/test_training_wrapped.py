@@ -48,6 +48,7 @@ LR = 1e-3
 CONFIG: dict[str, Any] = {
     "lr": LR,
     "vit": {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32}, "seed": 0, "rules": "vit"},
+    "vit_timm": {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32}, "seed": 0, "rules": "timm"},  # ids from timm's matcher
     "convnext": {"name": "convnext_atto", "kwargs": {}, "seed": 0},  # rule set by detection
     "steps": 2,
     "batch": 2,
@@ -57,6 +58,7 @@ CONFIG: dict[str, Any] = {
 }
 RUN_TIMEOUT = 240  # seconds for the whole 2-process run: the suite never hangs on a stuck collective
 WORLD = 2
+KINDS = ("vit", "vit_timm", "convnext")
 
 
 def bare_plan(kind: str) -> dict[str, Any]:
@@ -66,11 +68,13 @@ def bare_plan(kind: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def bare() -> dict[str, dict[str, Any]]:
-    return {kind: bare_plan(kind) for kind in ("vit", "convnext")}
+    return {kind: bare_plan(kind) for kind in KINDS}
 
 
 def test_bare_plans_are_what_the_wrappers_are_compared_with(bare):
     assert bare["vit"]["rule_set"] == "vit"
+    assert bare["vit_timm"]["rule_set"] == "timm"
+    assert [row[1:] for row in bare["vit_timm"]["params"]] != [row[1:] for row in bare["vit"]["params"]]  # two numberings
     assert bare["convnext"]["rule_set"] == "convnext-timm"  # found by detection
     for plan in bare.values():
         assert len({scale for _, scale, _, _ in plan["groups"]}) >= 3
@@ -142,7 +146,7 @@ MARKERS = {
 }
 
 
-@pytest.mark.parametrize("kind", ["vit", "convnext"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 def test_wrapped_model_gets_the_bare_plan(bare, kind, wrapper):
     model = WRAPPERS[wrapper](worker.build(CONFIG[kind]))
@@ -260,7 +264,7 @@ def check_result(result: dict[str, Any], what: str) -> dict[str, Any]:
     return result
 
 
-@pytest.mark.parametrize("kind", ["vit", "convnext"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_ddp_both_ranks_build_the_bare_plan(bare, dist_run, kind):
     for rank, results in enumerate(dist_run["ranks"]):
         assert results["world_size"] == WORLD
@@ -306,9 +310,12 @@ def test_ddp_two_steps_leave_identical_weights_on_both_ranks(dist_run):
     changed = [key for key in initial if not torch.equal(weights[0][key], initial[key])]
     assert len(changed) == len(initial), f"not trained: {sorted(set(initial) - set(changed))}"
     # the ranks trained on different batches: the result is one step on both batches, not on either
+    # (compared as a whole: AdamW's first steps amplify float noise in near-zero gradients, such as
+    # the attention key biases', so single elements may differ by up to lr × scale)
     reference = reference_training()
-    for key in initial:
-        torch.testing.assert_close(weights[0][key], reference[key], rtol=0, atol=2e-5, msg=key)
+    flat = lambda state: torch.cat([state[key].flatten() for key in sorted(initial)])  # noqa: E731
+    distance = (flat(weights[0]) - flat(reference)).norm() / (flat(reference) - flat(initial)).norm()
+    assert distance < 1e-2, f"DDP's weights are {distance:.3g} × the update away from one step on both batches"
 
 
 def fsdp2(dist_run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -326,6 +333,9 @@ def test_fsdp2_fully_shard_on_cpu_gloo_gives_the_bare_plan(bare, dist_run):
         assert got["param_types"] == ["DTensor"]
         assert_same_plan(got, bare["vit"], f"rank {rank}, fully_shard(vit)")
         assert got["all_fingerprints"] == [bare["vit"]["fingerprint"]] * WORLD
+        got = check_result(fsdp["vit_timm_plan"], f"rank {rank}: resolve(fully_shard(vit), 'timm')")
+        assert_same_plan(got, bare["vit_timm"], f"rank {rank}, fully_shard(vit) under 'timm'")
+        assert got["all_fingerprints"] == [bare["vit_timm"]["fingerprint"]] * WORLD
 
 
 def test_fsdp2_optimizer_trains_like_ddp(bare, dist_run):
@@ -339,7 +349,10 @@ def test_fsdp2_optimizer_trains_like_ddp(bare, dist_run):
     assert sharded[0].keys() == ddp.keys()
     for key in ddp:
         assert torch.equal(sharded[0][key], sharded[1][key]), key
-        torch.testing.assert_close(sharded[0][key], ddp[key], rtol=0, atol=2e-5, msg=key)
+    flat = lambda state: torch.cat([state[key].flatten() for key in sorted(ddp)])  # noqa: E731
+    initial = worker.build(CONFIG["vit"]).state_dict()
+    distance = (flat(sharded[0]) - flat(ddp)).norm() / (flat(ddp) - flat(initial)).norm()
+    assert distance < 1e-2, f"FSDP2's weights are {distance:.3g} × the update away from DDP's"
 
 
 def test_fsdp2_model_is_still_detected(bare, dist_run):

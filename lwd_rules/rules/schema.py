@@ -13,7 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Formula = Annotated[int | str, Field(description="A formula (see docs/formulas.md) or an integer.")]
 Check = Literal["error", "warn", "ignore"]
 
-WRAPPER_COMPONENTS = ("module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+WRAPPER_COMPONENTS = (
+    "module",  # DistributedDataParallel, DataParallel
+    "_orig_mod",  # torch.compile
+    "_fsdp_wrapped_module",  # FSDP (1)
+    "_checkpoint_wrapped_module",  # checkpoint_wrapper
+    "base_model.model",  # PEFT: the PeftModel / LoraModel prefix (dotted: removed only at the start)
+)
 
 
 class Strict(BaseModel):
@@ -152,7 +158,10 @@ class Names(Strict):
 
     strip_components: list[str] | None = Field(
         None,
-        description=f"Dotted name components removed wherever they occur (default: {', '.join(WRAPPER_COMPONENTS)}).",
+        description=(
+            "Wrapper name components removed before matching: a plain entry wherever it occurs, a dotted entry only "
+            f"at the start of the name (default: {', '.join(WRAPPER_COMPONENTS)})."
+        ),
     )
 
 

@@ -74,8 +74,18 @@ def lwd_layer_variables(model: Any, rule_set: str) -> dict[str, Any] | None:
 
 @hookimpl(tryfirst=True)
 def lwd_detect(model: Any) -> str | None:
-    """Recognize a ConvNeXt(-V2) by its class's module and structure; None for anything else."""
-    cls = type(model)
+    """Recognize a ConvNeXt(-V2) by its class's module and structure; None for anything else.
+
+    The whole MRO is checked: FSDP2's ``fully_shard`` swaps in a subclass of the model's class.
+    """
+    for cls in type(model).__mro__:
+        found = _detect_class(cls, model)
+        if found:
+            return found
+    return None
+
+
+def _detect_class(cls: type, model: Any) -> str | None:
     module, name = cls.__module__, cls.__name__
     if module.startswith("timm.models.convnext"):
         return "convnext-timm"

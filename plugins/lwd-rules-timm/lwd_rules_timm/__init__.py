@@ -95,6 +95,6 @@ def lwd_layer_variables(model: Any, rule_set: str) -> dict[str, Any] | None:
 @hookimpl(trylast=True)
 def lwd_detect(model: Any) -> str | None:
     """Any timm model; asked last, so family plugins (ConvNeXt) answer first for their models."""
-    if type(model).__module__.startswith("timm.models."):
+    if any(cls.__module__.startswith("timm.models.") for cls in type(model).__mro__):  # FSDP2 subclasses the model's class
         return TIMM_RULE_SET
     return None
