@@ -73,7 +73,9 @@ LAYOUTS = {
     "hf-gpt2": _layout(r"h\.(\d+)", "h.{i}"),
     "hf-llama": _layout(r"layers\.(\d+)", "layers.{i}"),
     "hf-vit": _layout(r"(?:encoder\.layer|layers)\.(\d+)", "encoder.layer.{i} or layers.{i}"),
-    "hf-albert": _layout(r"encoder\.albert_layer_groups\.(\d+)\.albert_layers\.(\d+)", "encoder.albert_layer_groups.{g}.albert_layers.{j}", "groups"),
+    "hf-albert": _layout(
+        r"encoder\.albert_layer_groups\.(\d+)\.albert_layers\.(\d+)", "encoder.albert_layer_groups.{g}.albert_layers.{j}", "groups"
+    ),
     "hf-swin": _layout(r"encoder\.layers\.(\d+)\.blocks\.(\d+)", "encoder.layers.{S}.blocks.{B}", "depths"),
 }
 # Config attributes holding the number of layers; the first one present wins (GPT-2 and DistilBERT
@@ -103,7 +105,8 @@ def lwd_detect(model: Any) -> str | None:
 
 @hookimpl
 def lwd_layer_variables(model: Any, rule_set: str) -> dict[str, Any] | None:
-    """The family's layer counts: ``hf_num_layers``; ALBERT's ``albert_groups`` and ``albert_inner_layers``; Swin's ``depths``.
+    """The family's layer counts: ``hf_num_layers``; ALBERT's ``albert_groups`` and
+    ``albert_inner_layers``; Swin's ``depths``.
 
     Read from ``model.config`` (``num_hidden_layers``, ``n_layer``, ...). The layer modules are
     counted too: a model without a config uses the count, and where the two differ (a pruned model

@@ -101,7 +101,11 @@ def test_albert_groups_and_inner_layers_number_distinct_layers(registry):
     plan = resolve(model, None, registry=registry)
     assert plan.variables["albert_groups"] == plan.variables["albert_inner_layers"] == 2
     assert plan.num_layers == 4
-    ids = {row.name.split(".albert_layers.")[0][-1] + row.name.split(".albert_layers.")[1][0]: row.layer_id for row in plan.params if "albert_layers" in row.name}
+    ids = {}
+    for row in plan.params:  # encoder.albert_layer_groups.{g}.albert_layers.{j}.* -> "gj"
+        parts = row.name.split(".")
+        if "albert_layers" in parts:
+            ids[parts[2] + parts[4]] = row.layer_id
     assert ids == {"00": 1, "01": 2, "10": 3, "11": 4}
 
 
@@ -138,11 +142,59 @@ def test_swin_ids_follow_cumulative_depths(registry):
     assert len(tables) == 5 and {row.weight_decay for row in tables} == {0.0}
 
 
+# ---- weight decay by module class ------------------------------------------------------------
+
+
+def _module_named(name: str, dim: int = 8) -> torch.nn.Module:
+    """An instance of a new module class called ``name`` holding a 1-D ``weight``, like the norms transformers defines per model."""
+    module = type(name, (torch.nn.Module,), {})()
+    module.weight = torch.nn.Parameter(torch.ones(dim))
+    return module
+
+
+def test_norm_weights_are_found_by_their_module_class_not_their_name(registry):
+    """Norms under names without 'norm' get 0, by class (own or base); other 1-D weights decay."""
+    norms = [
+        "T5LayerNorm", "DebertaV2LayerNorm", "LlamaRMSNorm", "Qwen2RMSNorm", "GemmaRMSNorm", "MambaRMSNormGated", "NemotronLayerNorm1P"
+    ]
+
+    class Layer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8, bias=False)
+            for index, name in enumerate(norms):
+                setattr(self, f"n{index}", _module_named(name))
+            self.scale = _module_named("LayerScale")  # 1-D, not a norm: decays
+            self.fancy = type("Fancy", (torch.nn.LayerNorm,), {})(8)  # a LayerNorm by its base class
+            self.rms = torch.nn.RMSNorm(8)
+
+    class Toy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed_tokens = torch.nn.Embedding(10, 8)
+            self.layers = torch.nn.ModuleList([Layer(), Layer()])
+            self.out = torch.nn.Linear(8, 10)
+
+    plan = resolve(Toy(), {"extends": "hf-llama", "weight_decay": {"value": 0.1}}, registry=registry)
+    decay = {row.name.split(".", 2)[-1] if row.name.startswith("layers.") else row.name: row.weight_decay for row in plan.params}
+    assert decay == {
+        "embed_tokens.weight": 0.1, "proj.weight": 0.1, "scale.weight": 0.1, "out.weight": 0.1, "out.bias": 0.0,
+        **{f"n{index}.weight": 0.0 for index in range(len(norms))},
+        "fancy.weight": 0.0, "fancy.bias": 0.0, "rms.weight": 0.0,
+    }
+    assert plan.num_layers == 2  # no config: the layers.{i} modules are counted
+
+
 # ---- the number of layers ----------------------------------------------------------------------
 
 
 def test_num_layers_comes_from_the_config(registry):
-    for case, key in [(Case("gpt2", "GPT2Model"), "n_layer"), (Case("distilbert", "DistilBertModel"), "n_layers"), (Case("llama", "LlamaModel"), "num_hidden_layers")]:
+    cases = [
+        (Case("gpt2", "GPT2Model"), "n_layer"),
+        (Case("distilbert", "DistilBertModel"), "n_layers"),
+        (Case("llama", "LlamaModel"), "num_hidden_layers"),
+    ]
+    for case, key in cases:
         model = case.build()
         plan = resolve(model, None, registry=registry)
         assert plan.variables["hf_num_layers"] == plan.num_layers == getattr(model.config, key) == CONFIGS[case.model_type][key]
@@ -234,7 +286,9 @@ def test_other_models_are_not_detected(registry):
 
 def test_rule_sets_load():
     names = sorted(make_registry(lwd_rules_transformers).rule_sets())
-    assert names == ["hf-albert", "hf-base", "hf-bert", "hf-deberta", "hf-distilbert", "hf-gpt2", "hf-llama", "hf-modernbert", "hf-swin", "hf-vit"]
+    assert names == [
+        "hf-albert", "hf-base", "hf-bert", "hf-deberta", "hf-distilbert", "hf-gpt2", "hf-llama", "hf-modernbert", "hf-swin", "hf-vit"
+    ]
     with registry_for(lwd_rules_transformers):
         for name in names:
             rules = load_rules(name)

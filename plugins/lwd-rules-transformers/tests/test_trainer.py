@@ -45,7 +45,9 @@ class RecordLrs(transformers.TrainerCallback):
 
 def test_trainer_keeps_the_layer_wise_ratios(tmp_path):
     torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=2)
+    config = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=2
+    )
     model = transformers.BertForSequenceClassification(config)
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
     with registry_for(lwd_rules_transformers):
@@ -85,7 +87,8 @@ def test_example_script_runs_and_prints_per_group_lrs():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[3]
-    done = subprocess.run([sys.executable, str(root / "examples" / "finetune_bert_trainer.py")], capture_output=True, text=True, timeout=300, cwd=root)
+    script = root / "examples" / "finetune_bert_trainer.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=root)
     assert done.returncode == 0, done.stderr
     assert "step 5/5" in done.stdout
     assert "layer_0_decay      lr 5.120e-04  (scale 0.512" in done.stdout  # 1e-3 * 0.8 ** 3
