@@ -3,7 +3,7 @@
 "Same plan" means the same rows (canonical name, layer id, lr scale, weight decay, group), the same
 groups in the same order (name, lr scale, weight decay, size), the same skipped list and the same
 ``plan.fingerprint()``. DDP and FSDP2 run for real: two processes on CPU with gloo
-(``tests/dist/wrapped_worker.py``), started once for the whole module; each rank exchanges its
+(``tests/workers/wrapped_worker.py``), started once for the whole module; each rank exchanges its
 fingerprint with ``all_gather_object`` and the test compares both with the bare model's, computed
 here. DDP also trains two steps through ``create_optimizer(ddp_model, ...)``.
 """
@@ -30,7 +30,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_ac
 
 from lwd_rules import canonical_name, create_optimizer, resolve
 
-DIST = Path(__file__).parent / "dist"
+DIST = Path(__file__).parent / "workers"
 WORKER = DIST / "wrapped_worker.py"
 
 
