@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import os
 import fnmatch
 import re
@@ -140,8 +142,19 @@ def _read_one(source: Mapping[str, Any] | str | Path, registry: RuleSetSource, *
     if isinstance(registered.source, Mapping):
         raw = RawRules(_plain_dict(registered.source), f"<{registered.name}>", {})
     else:
-        raw = read_rule_file(Path(registered.source))
+        raw = _read_registered(Path(registered.source))
     return raw, rs.Provenance(file=raw.file, name=registered.name, plugin=registered.plugin, version=registered.version)
+
+
+def _read_registered(path: Path) -> RawRules:
+    """A plugin's rule file, parsed once per version of the file (detection resolves it on every call)."""
+    stat = path.stat() if path.exists() else None
+    return _read_cached(path, stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_cached(path: Path, mtime_ns: int, size: int) -> RawRules:
+    return read_rule_file(path)
 
 
 def _name_of(raw: RawRules) -> str | None:
@@ -168,7 +181,7 @@ def _merge_into(target: dict[str, Any], layer: Mapping[str, Any], path: FieldPat
             continue
         for stale in [p for p in origins if p[: len(here)] == here]:
             del origins[stale]
-        target[key] = _plain_dict(value) if isinstance(value, Mapping) else value
+        target[key] = copy.deepcopy(value)  # the merged data never aliases a (cached) file's own lists
         origins[here] = raw.locate(here)
         for sub, line in raw.lines.items():
             if sub[: len(here)] == here and len(sub) > len(here):
