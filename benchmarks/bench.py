@@ -127,7 +127,7 @@ def optimizer_scaling(sizes: list[int]) -> list[dict[str, Any]]:
     for size in sizes:
         with torch.device("meta"):
             model = Synthetic(size)
-        seconds = best_of(lambda: create_optimizer(model, rules), budget=3.0, least=2, most=5)
+        seconds = best_of(lambda model=model: create_optimizer(model, rules), budget=3.0, least=2, most=5)
         optimizer = create_optimizer(model, rules)
         out.append({"tensors": size, "seconds": seconds, "groups": len(optimizer.param_groups), "per_10k": seconds / size * 1e4})
     return out

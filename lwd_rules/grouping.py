@@ -22,19 +22,11 @@ class _Group:
 
 
 class Grouper:
-    """Collects parameters into groups keyed by their settings, in first-seen order."""
+    """Collects parameters into groups keyed by their settings, in first-seen order of the settings."""
 
     def __init__(self) -> None:
         self._groups: dict[Settings, _Group] = {}
         self._index: dict[Settings, int] = {}
-
-    def add(self, param: Any, settings: Settings, layer_id: int) -> int:
-        """Put ``param`` in the group for ``settings``; returns that group's index."""
-        index = self.add_group(settings)
-        group = self._groups[settings]
-        group.params.append(param)
-        group.layer_ids.add(layer_id)
-        return index
 
     def add_many(self, params: list[Any], settings: Settings, layer_id: int) -> int:
         """Put all of ``params`` in the group for ``settings``; returns that group's index."""

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing, checkpoint_wrapper

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lwd_rules.errors import Location, Problem, RuleError
+from lwd_rules.errors import Location, RuleError
 
 MAX_FILE_BYTES = 1_048_576
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}

@@ -9,7 +9,6 @@ recipe of transformers' own ``Trainer.get_decay_parameter_names``.
 from __future__ import annotations
 
 import pytest
-import torch
 import transformers
 
 import lwd_rules_transformers
