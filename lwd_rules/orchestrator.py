@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import inspect
 import re
@@ -15,8 +16,10 @@ from lwd_rules.errors import Location, Problem, RuleError
 from lwd_rules.grouping import Grouper, Settings
 from lwd_rules.identify import DEFAULT, PLUGIN, LayerIdentifier, ModuleEntry, canonical_name, class_names, collect_modules, count_variables
 from lwd_rules.plan import Convention, ParamRow, Plan, Skipped
+from lwd_rules.expr import parse_formula
 from lwd_rules.rules.load import Source, extend, load_rules, rebase
-from lwd_rules.rules.ruleset import RuleSet
+from lwd_rules.rules.ruleset import Located, RuleSet
+from lwd_rules.rules.schema import LayerDecay
 from lwd_rules.training import stamp
 
 if TYPE_CHECKING:
@@ -57,6 +60,8 @@ def resolve(
         rules = extend(rules, shortcuts, "<keyword arguments>")
     if not rules.maps_layers:
         rules = rebase(rules, _detect(unwrap(model), registry), registry=registry)
+    if rules.chains:
+        return _resolve_chains(model, rules, registry, strict)
     return _Resolver(model, rules, registry, strict).run()
 
 
@@ -103,6 +108,87 @@ def unwrap(model: Any) -> Any:
     return model
 
 
+def _resolve_chains(model: Any, rules: RuleSet, registry: Registry, strict: bool) -> Plan:
+    """One plan per decay chain (and for the parameters outside every chain), merged into one.
+
+    Each chain is resolved with its own layers and curve over the parameters its regex matches; a
+    parameter two chains match is an error. Groups are named ``<chain>/<group>``; rows keep the
+    model's parameter order and say their chain.
+    """
+    modules = collect_modules(model, rules.strip_components)
+    names = [_join(cprefix, leaf) for _, cprefix, params, _, _ in modules for leaf, p in params.items() if p is not None]
+    owners: dict[str, list[str]] = {}
+    for chain in rules.chains:
+        for name in names:
+            if chain.pattern.search(name):
+                owners.setdefault(name, []).append(chain.name)
+    shared = sorted(name for name, chains in owners.items() if len(chains) > 1)
+    if shared:
+        first = next(c for c in rules.chains if c.name in owners[shared[0]])
+        listed = _listing([f"{name} ({' and '.join(owners[name])})" for name in shared])
+        raise RuleError.single(first.origin, f"chains.{first.name}.match", f"{len(shared)} parameter(s) belong to several chains: {listed}")
+    parts: list[tuple[str, _Resolver]] = []
+    for chain in rules.chains:
+        config = rules.config.model_copy(update={"layer_decay": chain.layer_decay, "layers": rules.config.chains[chain.name].layers})
+        sub = dataclasses.replace(
+            rules, config=config, chains=(), num_layers=chain.layers.num_layers, default=chain.layers.default,
+            rules=chain.layers.rules, counts=chain.layers.counts,
+        )
+        parts.append((chain.name, _Resolver(model, sub, registry, strict, claim=chain.pattern.search)))
+    if any(name not in owners for name in names):
+        rest = dataclasses.replace(rules, chains=())
+        if not rest.config.layers.rules and rest.default is None and not rest.config.layers.ids_from_plugins:
+            full_rate = LayerDecay(curve="values", values=[1.0, 1.0])  # outside every chain: scale 1
+            zero = Located(parse_formula(0), "layers.default", rules.chain[-1][0].locate(()))
+            rest = dataclasses.replace(rest, config=rules.config.model_copy(update={"layer_decay": full_rate}), num_layers=zero, default=zero, rules=(), counts=())
+        parts.append(("", _Resolver(model, rest, registry, strict, claim=lambda name: name not in owners)))
+    plans = [(label, resolver.run()) for label, resolver in parts]
+    check = _Resolver(model, rules, registry, strict)
+    exclusions = [any(resolver.usage[0][i] for _, resolver in parts) for i in range(len(rules.exclusions))]
+    overrides = [any(resolver.usage[1][i] for _, resolver in parts) for i in range(len(rules.overrides))]
+    check._report_unused(modules, [True] * len(rules.rules), exclusions, overrides)
+    check.fail_if_problems()
+    return _merge_plans(rules, plans, names, check)
+
+
+def _merge_plans(rules: RuleSet, plans: list[tuple[str, Plan]], names: list[str], check: _Resolver) -> Plan:
+    order = {name: index for index, name in enumerate(names)}
+    strip = rules.strip_components
+    groups, rows, tensors = [], [], []
+    for label, plan in plans:
+        prefix = f"{label}/" if label else ""
+        groups += [{**group, "group_name": prefix + group["group_name"], "chain": label} for group in plan.param_groups]
+        rows += [(dataclasses.replace(row, group=prefix + row.group, chain=label), tensor) for row, tensor in zip(plan.params, plan.params.tensors())]  # type: ignore[attr-defined]
+    rows.sort(key=lambda pair: order[canonical_name(pair[0].name, strip)])
+    rest = dict(plans).get("")
+    return Plan(
+        rules=rules,
+        num_layers=rest.num_layers if rest else -1,
+        scales=rest.scales if rest else (),
+        param_groups=groups,
+        params=RowList(row for row, _ in rows).with_tensors([tensor for _, tensor in rows]),
+        skipped=[s for _, plan in plans for s in plan.skipped],
+        variables={k: v for _, plan in plans for k, v in plan.variables.items()},
+        warnings=[w for _, plan in plans for w in plan.warnings] + check.warnings,
+        problems=[p for _, plan in plans for p in plan.problems] + check.coverage,
+        unused=[u for _, plan in plans for u in plan.unused] + check.unused,
+        lr=rules.config.optimizer.lr,
+        chains={label: plan for label, plan in plans if label},
+    )
+
+
+class RowList(list):  # type: ignore[type-arg]
+    """``plan.params`` of a merged plan: a list of rows that also knows each row's tensor."""
+
+    def with_tensors(self, tensors: list[Any]) -> RowList:
+        self._tensors = tensors
+        return self
+
+    def tensors(self) -> list[Any]:
+        """The parameter of each row, in the same order."""
+        return self._tensors
+
+
 def _first_present(obj: Any, *names: str) -> Any:
     for name in names:
         value = getattr(obj, name, None)
@@ -114,8 +200,12 @@ def _first_present(obj: Any, *names: str) -> Any:
 class _Resolver:
     """One resolve: collects problems instead of stopping at the first."""
 
-    def __init__(self, model: Any, rules: RuleSet, registry: Registry, strict: bool) -> None:
+    def __init__(
+        self, model: Any, rules: RuleSet, registry: Registry, strict: bool, claim: Callable[[str], bool] | None = None
+    ) -> None:
         self.model = model
+        self.claim = claim  # for one chain of a multi-tower model: the canonical names it owns
+        self.usage: tuple[list[bool], list[bool]] = ([], [])  # exclude entries and overrides used
         self.rules = rules
         self.registry = registry
         self.strict = strict
@@ -170,7 +260,11 @@ class _Resolver:
         raw_scales = self._scales(num_layers)
         decay = config.layer_decay
         scales = scaling.clamp(raw_scales, decay.min_scale)
-        self._report_unused(modules, identifier.used, walk.exclusion_used, walk.override_used)
+        self.usage = (walk.exclusion_used, walk.override_used)
+        if self.claim is None:
+            self._report_unused(modules, identifier.used, walk.exclusion_used, walk.override_used)
+        else:  # a chain: its own layer rules here; exclude entries and overrides once, over every chain
+            self._report_unused(modules, identifier.used, [True] * len(walk.exclusion_used), [True] * len(walk.override_used))
         self._report_conflicts(walk.conflicts)
         self.fail_if_problems()
         below = {key_index for key_index, key in enumerate(walk.keys) if decay.below_min == "freeze" and raw_scales[key[0]] < decay.min_scale}
@@ -418,6 +512,7 @@ class _Walk:
             module_prefix, _, leaf = name.rpartition(".")
             no_wd_leaves.setdefault(module_prefix, set()).add(leaf)
         for_module = self.identifier.for_module
+        claim = self.resolver.claim
         names, row_keys, params, members = self.names, self.row_keys, self.params, self.members
         names_add, keys_add, params_add = names.append, row_keys.append, params.append
         states: list[tuple[Any, bool]] = []
@@ -430,7 +525,7 @@ class _Walk:
             dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
             stub = self._stub(cprefix)
             kinds = class_names(kind)
-            if self.cacheable and located is not None and not callable(located):
+            if self.cacheable and located is not None and not callable(located) and claim is None:
                 module_no_wd = no_wd_leaves.get(cprefix, ())
                 for leaf, param in module_params.items():  # the common case: nothing here depends on the full name
                     if param is None or id(param) in seen:
@@ -460,6 +555,8 @@ class _Walk:
                     continue
                 seen_add(id(param))
                 name, cname = dot + leaf, cdot + leaf
+                if claim is not None and not claim(cname):
+                    continue  # another chain's parameter
                 if not param.requires_grad:
                     self.frozen.append(name)
                     self.frozen_canonical.append(cname)

@@ -33,6 +33,7 @@ class ParamRow:
     source: str
     numel: int
     ndim: int
+    chain: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ class Plan:
     unused: list[str] = field(default_factory=list)
     allowed_unused: Callable[[], list[str]] = field(default=list, repr=False)
     lr: float | None = None
+    chains: dict[str, Plan] = field(default_factory=dict)
 
     def unmatched_patterns(self) -> list[str]:
         """Every rule, exclude entry or override that matched no parameter, the allowed ones included."""

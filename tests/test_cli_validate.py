@@ -110,7 +110,7 @@ CASES = {
     ),
     "unknown-key-far": (
         "rules.yaml", "version: 1\nzzz: 3\n", 2, "zzz",
-        ["unknown key 'zzz'", "allowed: checks, description, extends, layer_decay, layers"],
+        ["unknown key 'zzz'", "allowed: chains, checks, description, extends, layer_decay, layers"],
     ),
     "wrong-type": ("rules.yaml", "version: 1\nlayer_decay:\n  rate: fast\n", 3, "layer_decay.rate", ["valid number", "'fast'"]),
     "wrong-type-list": ("rules.yaml", "version: 1\nlayers:\n  rules: 3\n", 3, "layers.rules", ["valid list"]),

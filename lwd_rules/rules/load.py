@@ -223,13 +223,17 @@ def build(chain: Chain) -> rs.RuleSet:
         for i, (o, (pattern, origin)) in enumerate(zip(config.overrides, compiled.overrides))
     )
     strip = config.names.strip_components
+    chains = tuple(
+        rs.Chain(name, pattern, origin, layers, config.chains[name].layer_decay) for name, pattern, origin, layers in compiled.chains
+    )
     return rs.RuleSet(
         config=config,
         chain=chain,
-        num_layers=compiled.num_layers,
-        default=compiled.default,
-        rules=tuple(compiled.rules),
-        counts=tuple(compiled.counts),
+        num_layers=compiled.layers.num_layers,
+        default=compiled.layers.default,
+        rules=compiled.layers.rules,
+        counts=compiled.layers.counts,
+        chains=chains,
         exclusions=tuple(compiled.exclusions),
         overrides=overrides,
         strip_components=frozenset(WRAPPER_COMPONENTS if strip is None else strip),
@@ -336,27 +340,46 @@ class _Compiler:
         return rs.Located(formula, dotted(path), self.where(path))
 
     def compile(self) -> _Compiled:
-        layers = _mapping(self.data.get("layers"))
+        top = self.layers(_mapping(self.data.get("layers")), ("layers",), _mapping(self.data.get("layer_decay")), ("layer_decay",))
+        chains = []
+        for name, chain in _mapping(self.data.get("chains")).items():
+            chain = _mapping(chain)
+            base = ("chains", name)
+            pattern = self.regex(chain.get("match"), base + ("match",))
+            layers = self.layers(_mapping(chain.get("layers")), base + ("layers",), _mapping(chain.get("layer_decay")), base + ("layer_decay",))
+            if pattern is not None:
+                chains.append((name, pattern, self.where(base), layers))
+        overrides = []
+        for index, override in enumerate(_sequence(self.data.get("overrides"))):
+            path = ("overrides", index)
+            override = _mapping(override)
+            pattern = self.regex(override.get("match"), path + ("match",))
+            if pattern is not None:
+                overrides.append((pattern, self.where(path)))
+        return _Compiled(top, chains, self.exclusions(), overrides)
+
+    def layers(self, layers: Mapping[str, Any], base: FieldPath, decay: Mapping[str, Any], decay_path: FieldPath) -> rs.CompiledLayers:
+        """Compile one ``layers`` section (the top level's or a chain's)."""
         count_spec = _mapping(layers.get("count"))
         variables = [v for v in _sequence(layers.get("variables")) if isinstance(v, str)]
         provided = set(variables) | set(count_spec)
         counts = []
         for name, text in count_spec.items():
-            path = ("layers", "count", name)
+            path = base + ("count", name)
             pattern = self.regex(text, path)
             if pattern is not None and not 1 <= pattern.groups <= 2:
                 self.problem(path, f"a count regex needs one or two groups, this one has {pattern.groups}")
             elif pattern is not None:
                 counts.append(rs.Count(name, pattern, self.where(path)))
         for name in sorted(provided & FUNCTIONS):
-            self.problem(("layers",), f"variable name {name!r} is a function name")
+            self.problem(base, f"variable name {name!r} is a function name")
         has_num_layers = layers.get("num_layers") is not None
-        num_layers = self.formula(layers.get("num_layers"), ("layers", "num_layers"), provided) if has_num_layers else None
+        num_layers = self.formula(layers.get("num_layers"), base + ("num_layers",), provided) if has_num_layers else None
         known = provided | ({"num_layers"} if has_num_layers else set())
-        default = self.formula(layers.get("default"), ("layers", "default"), known) if layers.get("default") is not None else None
+        default = self.formula(layers.get("default"), base + ("default",), known) if layers.get("default") is not None else None
         rules = []
         for index, rule in enumerate(_sequence(layers.get("rules"))):
-            path = ("layers", "rules", index)
+            path = base + ("rules", index)
             rule = _mapping(rule)
             pattern = self.regex(rule.get("match"), path + ("match",))
             if pattern is None:
@@ -367,17 +390,9 @@ class _Compiler:
             layer = self.formula(rule.get("layer"), path + ("layer",), known | groups)
             if layer is not None:
                 rules.append(rs.LayerRule(dotted(path), pattern, layer.formula, self.where(path), rule.get("allow_unused") is True))
-        overrides = []
-        for index, override in enumerate(_sequence(self.data.get("overrides"))):
-            path = ("overrides", index)
-            override = _mapping(override)
-            pattern = self.regex(override.get("match"), path + ("match",))
-            if pattern is not None:
-                overrides.append((pattern, self.where(path)))
-        decay = _mapping(self.data.get("layer_decay"))
         if decay.get("curve") == "values" and not has_num_layers:
-            self.problem(("layer_decay", "curve"), "curve 'values' needs layers.num_layers to check the list length")
-        return _Compiled(num_layers, default, rules, counts, self.exclusions(), overrides)
+            self.problem(decay_path + ("curve",), "curve 'values' needs layers.num_layers to check the list length")
+        return rs.CompiledLayers(num_layers, default, tuple(rules), tuple(counts))
 
     def exclusions(self) -> list[rs.Exclusion]:
         out = []
@@ -418,10 +433,8 @@ class _Compiler:
 
 @dataclass
 class _Compiled:
-    num_layers: rs.Located | None
-    default: rs.Located | None
-    rules: list[rs.LayerRule]
-    counts: list[rs.Count]
+    layers: rs.CompiledLayers
+    chains: list[tuple[str, re.Pattern[str], Location, rs.CompiledLayers]]
     exclusions: list[rs.Exclusion]
     overrides: list[tuple[re.Pattern[str], Location]]
 

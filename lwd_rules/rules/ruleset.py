@@ -81,6 +81,27 @@ class Located:
     origin: Location
 
 
+@dataclass(frozen=True)
+class CompiledLayers:
+    """A compiled ``layers`` section: the top level's, or one chain's."""
+
+    num_layers: Located | None
+    default: Located | None
+    rules: tuple[LayerRule, ...]
+    counts: tuple[Count, ...]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A decay chain of a multi-tower model: the parameters ``pattern`` matches, with their own ids and curve."""
+
+    name: str
+    pattern: re.Pattern[str]
+    origin: Location
+    layers: CompiledLayers
+    layer_decay: Any  # schema.LayerDecay
+
+
 NDIM_OPS: dict[str, Callable[[int, int], bool]] = {
     "<=": operator.le,
     "<": operator.lt,
@@ -100,6 +121,7 @@ class RuleSet:
     default: Located | None
     rules: tuple[LayerRule, ...]
     counts: tuple[Count, ...]
+    chains: tuple[Chain, ...]
     exclusions: tuple[Exclusion, ...]
     overrides: tuple[Override, ...]
     strip_components: frozenset[str]
@@ -132,4 +154,5 @@ class RuleSet:
     def maps_layers(self) -> bool:
         """Whether the rules say anything about layer ids (otherwise ``lwd_detect`` picks a rule set)."""
         layers = self.config.layers
-        return bool(layers.rules) or layers.default is not None or layers.num_layers is not None or layers.ids_from_plugins
+        mapped = bool(layers.rules) or layers.default is not None or layers.num_layers is not None or layers.ids_from_plugins
+        return mapped or bool(self.config.chains)

@@ -165,6 +165,14 @@ class Names(Strict):
     )
 
 
+class ChainSpec(Strict):
+    """One decay chain of a multi-tower model (CLIP's vision and text towers, T5's encoder and decoder)."""
+
+    match: str = Field(description="Regex searched in canonical names: the parameters of this chain.")
+    layers: Layers = Field(default_factory=Layers, description="Name → layer id within this chain.")
+    layer_decay: LayerDecay = Field(default_factory=LayerDecay, description="This chain's curve and rate.")
+
+
 class RuleFile(Strict):
     """A rule file: how names map to layer ids, the decay curve, weight decay, overrides, optimizer."""
 
@@ -178,6 +186,13 @@ class RuleFile(Strict):
     )
     layer_decay: LayerDecay = Field(default_factory=LayerDecay, description="The lr scale of each layer id.")
     weight_decay: WeightDecay = Field(default_factory=WeightDecay, description="Weight decay and its exclusions.")
+    chains: dict[str, ChainSpec] = Field(
+        default_factory=dict,
+        description=(
+            "Named decay chains, each with its own layers and layer_decay; a parameter two chains match is an error, "
+            "one no chain matches follows the top-level layers (or trains at full rate when those map nothing)."
+        ),
+    )
     overrides: list[Override] = Field(default_factory=list, description="Per-name changes, applied in order.")
     optimizer: Optimizer = Field(default_factory=Optimizer, description="Optimizer name, lr and keyword arguments.")
     checks: Checks = Field(default_factory=Checks, description="How loudly coverage problems are reported.")
