@@ -128,18 +128,18 @@ def explain(
 
 def _print_table(plan: Any, model: str) -> None:
     sources = " <- ".join(str(p) for p in reversed(plan.rules.provenance))
-    out.print(f"[bold]{escape(model)}[/bold]  rules: {escape(sources)}  num_layers: {plan.num_layers}")
-    table = Table("id", "lr scale", "tensors", "parameters", "weight decay", "rule")
-    for layer in plan.layers():
-        table.add_row(
-            str(layer.layer_id),
-            ", ".join(f"{s:.6g}" for s in layer.lr_scales),
-            str(layer.tensors),
-            f"{layer.numel:,}",
-            ", ".join(f"{w:g}" for w in sorted(layer.weight_decays)),
-            escape("\n".join(_short(r) for r in layer.rules)),
-        )
-    out.print(table)
+    if plan.chains:
+        out.print(f"[bold]{escape(model)}[/bold]  rules: {escape(sources)}")
+        for label, sub in plan.chains.items():
+            out.print(f"chain [bold]{escape(label)}[/bold]  num_layers: {sub.num_layers}")
+            out.print(_layer_table(sub))
+        outside = [row for row in plan.params if not row.chain]
+        if outside:
+            out.print(f"outside every chain: {len(outside)} tensors")
+            out.print(_layer_table(plan, lambda row: not row.chain))
+    else:
+        out.print(f"[bold]{escape(model)}[/bold]  rules: {escape(sources)}  num_layers: {plan.num_layers}")
+        out.print(_layer_table(plan))
     left_out = [s for s in plan.skipped if s.reason == "no rule matches"]
     out.print(f"unmatched parameters: {len(left_out)}" + "".join(f"\n  {s.name}" for s in left_out), markup=False)
     unused = plan.unmatched_patterns()
@@ -149,6 +149,21 @@ def _print_table(plan: Any, model: str) -> None:
         out.print(f"warning: {warning}", markup=False)
     for problem in plan.problems:
         out.print(f"problem: {problem}", markup=False)
+
+
+def _layer_table(plan: Any, keep: Any = None) -> Table:
+    """One row per layer id: lr scale, tensors, parameters, weight decay, the rules that placed them."""
+    table = Table("id", "lr scale", "tensors", "parameters", "weight decay", "rule")
+    for layer in plan.layers(keep):
+        table.add_row(
+            str(layer.layer_id),
+            ", ".join(f"{s:.6g}" for s in layer.lr_scales),
+            str(layer.tensors),
+            f"{layer.numel:,}",
+            ", ".join(f"{w:g}" for w in sorted(layer.weight_decays)),
+            escape("\n".join(_short(r) for r in layer.rules)),
+        )
+    return table
 
 
 def _short(label: str) -> str:
@@ -164,6 +179,7 @@ def _plan_json(plan: Any, model: str) -> dict[str, Any]:
         "num_layers": plan.num_layers,
         "fingerprint": plan.fingerprint(),
         "layers": [layer.__dict__ for layer in plan.layers()],
+        "chains": {label: {"num_layers": sub.num_layers, "layers": [layer.__dict__ for layer in sub.layers()]} for label, sub in plan.chains.items()},
         "groups": [{k: v for k, v in g.items() if k != "params"} | {"tensors": len(g["params"])} for g in plan.param_groups],
         "params": [{f: getattr(row, f) for f in row.__slots__} for row in plan.params],
         "skipped": [{"name": s.name, "reason": s.reason} for s in plan.skipped],
@@ -175,7 +191,7 @@ def _plan_json(plan: Any, model: str) -> dict[str, Any]:
 def _plan_csv(plan: Any) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    fields = ["name", "layer_id", "lr_scale", "weight_decay", "group", "rule", "source", "numel", "ndim"]
+    fields = ["name", "layer_id", "lr_scale", "weight_decay", "group", "rule", "source", "numel", "ndim", "chain"]
     writer.writerow(fields)
     for row in plan.params:
         writer.writerow([getattr(row, f) for f in fields])

@@ -55,11 +55,11 @@ def resolve(
     """
     registry = registry or _default_registry()
     rules = load_rules({} if source is None else source, registry=registry)
-    shortcuts = _shortcuts(layer_decay, weight_decay, lr)
-    if shortcuts:
-        rules = extend(rules, shortcuts, "<keyword arguments>")
     if not rules.maps_layers:
         rules = rebase(rules, _detect(unwrap(model), registry), registry=registry)
+    shortcuts = _shortcuts(layer_decay, weight_decay, lr, chains=list(rules.config.chains))
+    if shortcuts:
+        rules = extend(rules, shortcuts, "<keyword arguments>")
     if rules.chains:
         return _resolve_chains(model, rules, registry, strict)
     return _Resolver(model, rules, registry, strict).run()
@@ -71,10 +71,13 @@ def _default_registry() -> Registry:
     return get_registry()
 
 
-def _shortcuts(layer_decay: float | None, weight_decay: float | None, lr: float | None) -> dict[str, Any]:
+def _shortcuts(layer_decay: float | None, weight_decay: float | None, lr: float | None, chains: list[str]) -> dict[str, Any]:
+    """The keyword arguments as a rule-file layer; ``layer_decay=`` sets every chain's rate too."""
     out: dict[str, Any] = {}
     if layer_decay is not None:
         out["layer_decay"] = {"rate": layer_decay}
+        if chains:
+            out["chains"] = {name: {"layer_decay": {"rate": layer_decay}} for name in chains}
     if weight_decay is not None:
         out["weight_decay"] = {"value": weight_decay}
     if lr is not None:
@@ -129,7 +132,9 @@ def _resolve_chains(model: Any, rules: RuleSet, registry: Registry, strict: bool
         raise RuleError.single(first.origin, f"chains.{first.name}.match", f"{len(shared)} parameter(s) belong to several chains: {listed}")
     parts: list[tuple[str, _Resolver]] = []
     for chain in rules.chains:
-        config = rules.config.model_copy(update={"layer_decay": chain.layer_decay, "layers": rules.config.chains[chain.name].layers})
+        own = chain.layer_decay  # the chain's curve: its own fields, the top-level layer_decay for the rest
+        decay = rules.config.layer_decay.model_copy(update={field: getattr(own, field) for field in own.model_fields_set})
+        config = rules.config.model_copy(update={"layer_decay": decay, "layers": rules.config.chains[chain.name].layers})
         sub = dataclasses.replace(
             rules, config=config, chains=(), num_layers=chain.layers.num_layers, default=chain.layers.default,
             rules=chain.layers.rules, counts=chain.layers.counts,

@@ -78,10 +78,12 @@ class Plan:
         """Every rule, exclude entry or override that matched no parameter, the allowed ones included."""
         return self.unused + self.allowed_unused()
 
-    def layers(self) -> list[LayerSummary]:
-        """One summary per layer id, in id order: what ``lwd-rules explain`` prints."""
+    def layers(self, keep: Callable[[ParamRow], bool] | None = None) -> list[LayerSummary]:
+        """One summary per layer id, in id order: what ``lwd-rules explain`` prints (rows ``keep`` accepts)."""
         by_id: dict[int, LayerSummary] = {}
         for row in self.params:
+            if keep is not None and not keep(row):
+                continue
             entry = by_id.get(row.layer_id)
             if entry is None:
                 entry = by_id[row.layer_id] = LayerSummary(row.layer_id, [], 0, 0, [], [])

@@ -176,7 +176,7 @@ def test_csv_of_the_mini_convnext_has_a_header_and_one_row_per_tensor() -> None:
     rows = list(csv.reader(io.StringIO(result.stdout)))
     header = rows[0]
     assert header[:6] == ["name", "layer_id", "lr_scale", "weight_decay", "group", "rule"]
-    assert header[-2:] == ["numel", "ndim"]
+    assert header[-3:] == ["numel", "ndim", "chain"]
     assert len(rows) == 1 + 32
     by_name = {row[0]: dict(zip(header, row)) for row in rows[1:]}
     assert len(by_name) == 32

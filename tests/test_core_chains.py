@@ -138,3 +138,29 @@ def test_optimizer_trains_each_chain_at_its_own_rates():
     assert lrs["text/layer_0_decay"] == pytest.approx(1e-3 * TEXT_RATE**3, rel=1e-12)
     assert lrs["layer_0_no_decay"] == pytest.approx(1e-3, rel=1e-12)  # logit_scale, outside every chain
     assert plan.fingerprint() == resolve(model, RULES, registry=registry).fingerprint()
+
+
+def test_keyword_layer_decay_sets_every_chains_rate_and_top_level_fields_are_inherited():
+    rules = {**RULES, "layer_decay": {"min_scale": 0.3}}
+    plan = resolve(tiny_clip(), rules, layer_decay=0.5, registry=new_registry())
+    for row in plan.params:
+        chain, layer, _ = expected(row.name)
+        n = {"vision": VISION_LAYERS, "text": TEXT_LAYERS}.get(chain)
+        scale = 1.0 if n is None else max(0.5 ** (n + 1 - layer), 0.3)  # rate from the keyword, min_scale from the top level
+        assert row.lr_scale == pytest.approx(scale, rel=1e-12), row.name
+
+
+def test_explain_shows_one_table_per_chain():
+    import json
+
+    from typer.testing import CliRunner
+
+    from lwd_rules.cli import app
+
+    result = CliRunner().invoke(app, ["explain", "--model", "hf:t5"])
+    assert result.exit_code == 0, result.output
+    assert "chain encoder  num_layers: 6" in result.output and "chain decoder  num_layers: 6" in result.output
+    data = json.loads(CliRunner().invoke(app, ["explain", "--model", "hf:t5", "--format", "json"]).output)
+    assert sorted(data["chains"]) == ["decoder", "encoder"]
+    encoder = {layer["layer_id"]: layer["lr_scales"] for layer in data["chains"]["encoder"]["layers"]}
+    assert encoder[0] == [pytest.approx(0.8**7)] and encoder[7] == [1.0]  # t5-small: 6 blocks, rate 0.8

@@ -170,7 +170,9 @@ class ChainSpec(Strict):
 
     match: str = Field(description="Regex searched in canonical names: the parameters of this chain.")
     layers: Layers = Field(default_factory=Layers, description="Name → layer id within this chain.")
-    layer_decay: LayerDecay = Field(default_factory=LayerDecay, description="This chain's curve and rate.")
+    layer_decay: LayerDecay = Field(
+        default_factory=LayerDecay, description="This chain's curve and rate; fields it does not set come from the top-level layer_decay."
+    )
 
 
 class RuleFile(Strict):

@@ -41,6 +41,14 @@ MODEL_TYPES = {
     "vit": "hf-vit",
     "dinov2": "hf-vit",
     "swin": "hf-swin",
+    # multi-tower models: one decay chain per tower (see the rule files)
+    "clip": "hf-clip",
+    "clip_vision_model": "hf-clip",
+    "clip_text_model": "hf-clip",
+    "siglip": "hf-siglip",
+    "siglip_vision_model": "hf-siglip",
+    "siglip_text_model": "hf-siglip",
+    "t5": "hf-t5",
 }
 
 # An optional first component: the task model's base-model attribute (bert., model., vit., ...).

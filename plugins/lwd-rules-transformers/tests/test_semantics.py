@@ -280,18 +280,24 @@ def test_hf_convnext_is_left_to_the_convnext_plugin(registry, cls):
 def test_other_models_are_not_detected(registry):
     assert registry.detect(torch.nn.Linear(2, 2)) is None
     with torch.device("meta"):
-        t5 = transformers.T5Model(transformers.T5Config(d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2, vocab_size=100))
-    assert registry.detect(t5) is None  # a transformers model of a family not served here
+        bart = transformers.BartModel(
+            transformers.BartConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                                    encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=100)
+        )
+    assert registry.detect(bart) is None  # a transformers model of a family not served here
 
 
 def test_rule_sets_load():
     names = sorted(make_registry(lwd_rules_transformers).rule_sets())
     assert names == [
-        "hf-albert", "hf-base", "hf-bert", "hf-deberta", "hf-distilbert", "hf-gpt2", "hf-llama", "hf-modernbert", "hf-swin", "hf-vit"
+        "hf-albert", "hf-base", "hf-bert", "hf-clip", "hf-deberta", "hf-distilbert", "hf-gpt2", "hf-llama", "hf-modernbert",
+        "hf-siglip", "hf-swin", "hf-t5", "hf-vit",
     ]
     with registry_for(lwd_rules_transformers):
         for name in names:
             rules = load_rules(name)
             assert rules.name == name and rules.config.description
-            assert rules.config.weight_decay.value == 0.01 and rules.config.layer_decay.rate == 0.9
+            assert rules.config.weight_decay.value == 0.01
+            rates = [c.layer_decay.rate for c in rules.config.chains.values()] or [rules.config.layer_decay.rate]
+            assert set(rates) == ({0.8} if rules.config.chains else {0.9})
     assert set(lwd_rules_transformers.MODEL_TYPES.values()) == set(names) - {"hf-base"}
