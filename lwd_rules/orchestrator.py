@@ -159,7 +159,8 @@ def _resolve_chains(model: Any, rules: RuleSet, registry: Registry, strict: bool
 def _merge_plans(rules: RuleSet, plans: list[tuple[str, Plan]], names: list[str], check: _Resolver) -> Plan:
     order = {name: index for index, name in enumerate(names)}
     strip = rules.strip_components
-    groups, rows, tensors = [], [], []
+    groups: list[dict[str, Any]] = []
+    rows: list[tuple[ParamRow, Any]] = []
     for label, plan in plans:
         prefix = f"{label}/" if label else ""
         groups += [{**group, "group_name": prefix + group["group_name"], "chain": label} for group in plan.param_groups]
@@ -177,6 +178,7 @@ def _merge_plans(rules: RuleSet, plans: list[tuple[str, Plan]], names: list[str]
         warnings=[w for _, plan in plans for w in plan.warnings] + check.warnings,
         problems=[p for _, plan in plans for p in plan.problems] + check.coverage,
         unused=[u for _, plan in plans for u in plan.unused] + check.unused,
+        allowed_unused=lambda: [u for _, plan in plans for u in plan.allowed_unused()] + check.allowed_unused(),
         lr=rules.config.optimizer.lr,
         chains={label: plan for label, plan in plans if label},
     )
