@@ -125,6 +125,13 @@ def _resolve_chains(model: Any, rules: RuleSet, registry: Registry, strict: bool
         for name in names:
             if chain.pattern.search(name):
                 owners.setdefault(name, []).append(chain.name)
+    claimed = {chain for chains in owners.values() for chain in chains}
+    check = _Resolver(model, rules, registry, strict)
+    for chain in rules.chains:
+        if chain.name not in claimed and not rules.config.chains[chain.name].allow_unused:
+            message = f"{chain.pattern.pattern!r} matches no parameter: chain {chain.name!r} is empty"
+            check.report(rules.config.checks.unused_patterns, Problem(chain.origin, f"chains.{chain.name}.match", message))
+    check.fail_if_problems()
     shared = sorted(name for name, chains in owners.items() if len(chains) > 1)
     if shared:
         first = next(c for c in rules.chains if c.name in owners[shared[0]])
@@ -148,7 +155,6 @@ def _resolve_chains(model: Any, rules: RuleSet, registry: Registry, strict: bool
             rest = dataclasses.replace(rest, config=rules.config.model_copy(update={"layer_decay": full_rate}), num_layers=zero, default=zero, rules=(), counts=())
         parts.append(("", _Resolver(model, rest, registry, strict, claim=lambda name: name not in owners)))
     plans = [(label, resolver.run()) for label, resolver in parts]
-    check = _Resolver(model, rules, registry, strict)
     exclusions = [any(resolver.usage[0][i] for _, resolver in parts) for i in range(len(rules.exclusions))]
     overrides = [any(resolver.usage[1][i] for _, resolver in parts) for i in range(len(rules.overrides))]
     check._report_unused(modules, [True] * len(rules.rules), exclusions, overrides)
@@ -194,6 +200,11 @@ class RowList(list):  # type: ignore[type-arg]
     def tensors(self) -> list[Any]:
         """The parameter of each row, in the same order."""
         return self._tensors
+
+
+def _extends(prefix: str, parent: str) -> bool:
+    """Whether a module's canonical prefix continues its parent's (not so below a stripped PEFT prefix)."""
+    return not parent or prefix == parent or prefix.startswith(parent + ".")
 
 
 def _first_present(obj: Any, *names: str) -> Any:
@@ -390,9 +401,13 @@ class _Resolver:
                 canon = canonical_name(name, self.rules.strip_components)
                 bad.setdefault(walk.keys[k][1], []).append(f"{canon} -> {walk.keys[k][0]}")
         for source, names in bad.items():
-            rule = self.rules.rules[source] if source != DEFAULT else None
-            origin, path = (rule.origin, rule.path + ".layer") if rule else (self.rules.default.origin, "layers.default")  # type: ignore[union-attr]
-            self.problems.append(Problem(origin, path, f"layer ids must lie in 0..{num_layers + 1} (num_layers + 1): {_listing(names)}"))
+            if source == PLUGIN:
+                origin, path, who = self.top, "layers.ids_from_plugins", f" (from {self.plugin_owner})"
+            elif source == DEFAULT:
+                origin, path, who = self.rules.default.origin, "layers.default", ""  # type: ignore[union-attr]
+            else:
+                origin, path, who = self.rules.rules[source].origin, self.rules.rules[source].path + ".layer", ""
+            self.problems.append(Problem(origin, path, f"layer ids must lie in 0..{num_layers + 1} (num_layers + 1){who}: {_listing(names)}"))
         self.fail_if_problems()
 
     def _scales(self, num_layers: int) -> list[float]:
@@ -524,7 +539,7 @@ class _Walk:
         names_add, keys_add, params_add = names.append, row_keys.append, params.append
         states: list[tuple[Any, bool]] = []
         for prefix, cprefix, module_params, parent, kind in modules:
-            state = states[parent] if parent >= 0 and states[parent][1] else for_module(cprefix)
+            state = states[parent] if parent >= 0 and states[parent][1] and _extends(cprefix, modules[parent][1]) else for_module(cprefix)
             states.append(state)
             if not module_params:
                 continue
@@ -791,7 +806,7 @@ def _route(plan: Plan, groups: list[dict[str, Any]], *, min_ndim: int, exact_2d:
     hidden = {
         id(tensor)
         for row, tensor in zip(plan.params, plan.params.tensors())  # type: ignore[attr-defined]
-        if (row.ndim == 2 if exact_2d else row.ndim >= min_ndim) and 0 < row.layer_id <= plan.num_layers
+        if (row.ndim == 2 if exact_2d else row.ndim >= min_ndim) and 0 < row.layer_id <= _num_layers_of(plan, row)
     }
     primary, secondary = [], []
     for group in groups:
@@ -802,6 +817,11 @@ def _route(plan: Plan, groups: list[dict[str, Any]], *, min_ndim: int, exact_2d:
         if outside:
             secondary.append({**group, "params": outside, "group_name": f"{group['group_name']}:fallback"})
     return primary, secondary
+
+
+def _num_layers_of(plan: Plan, row: ParamRow) -> int:
+    """N of the chain a row belongs to (the plan's own N outside chains)."""
+    return plan.chains[row.chain].num_layers if row.chain else plan.num_layers
 
 
 def _construct(name: str, groups: list[dict[str, Any]], lr: float, kwargs: Mapping[str, Any]) -> torch.optim.Optimizer:

@@ -164,3 +164,14 @@ def test_explain_shows_one_table_per_chain():
     assert sorted(data["chains"]) == ["decoder", "encoder"]
     encoder = {layer["layer_id"]: layer["lr_scales"] for layer in data["chains"]["encoder"]["layers"]}
     assert encoder[0] == [pytest.approx(0.8**7)] and encoder[7] == [1.0]  # t5-small: 6 blocks, rate 0.8
+
+
+def test_a_chain_that_matches_nothing_is_reported_like_an_unused_pattern():
+    rules = {**RULES, "chains": {**RULES["chains"], "audio": {"match": r"^audio_model\.", "layers": {"default": 0}}}}
+    with pytest.raises(RuleError) as info:
+        resolve(tiny_clip(), rules, registry=new_registry())
+    assert str(info.value) == "<dict>: chains.audio.match: '^audio_model\\\\.' matches no parameter: chain 'audio' is empty"
+    quiet = {**rules, "checks": {"unused_patterns": "ignore"}}
+    plan = resolve(tiny_clip(), quiet, registry=new_registry())
+    assert len(plan.chains["audio"].params) == 0
+    assert len(plan.params) == sum(1 for _ in tiny_clip().parameters())

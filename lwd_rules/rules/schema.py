@@ -169,6 +169,7 @@ class ChainSpec(Strict):
     """One decay chain of a multi-tower model (CLIP's vision and text towers, T5's encoder and decoder)."""
 
     match: str = Field(description="Regex searched in canonical names: the parameters of this chain.")
+    allow_unused: bool = Field(False, description="Do not report this chain when it matches no parameter (a one-tower model).")
     layers: Layers = Field(default_factory=Layers, description="Name → layer id within this chain.")
     layer_decay: LayerDecay = Field(
         default_factory=LayerDecay, description="This chain's curve and rate; fields it does not set come from the top-level layer_decay."
