@@ -34,3 +34,32 @@ def test_explain_hf_bert_shows_14_layer_ids():
     assert [r[4] for r in rows] == ["0, 0.01"] * 14
     assert rows[0][5] == "hf-bert.yaml:10" and rows[1][5] == "hf-bert.yaml:22" and rows[13][5] == "hf-base.yaml:26"
     assert "unmatched parameters: 0" in out and "trainable tensors: 199  left out: 0" in out
+
+
+@pytest.mark.parametrize(
+    ("spec", "rule_set", "num_layers"),
+    [("hf:gpt2", "hf-gpt2", 12), ("hf:llama", "hf-llama", 32), ("hf:vit", "hf-vit", 12), ("hf:swin", "hf-swin", 12), ("hf:albert", "hf-albert", 1)],
+)
+def test_explain_other_default_configs_offline(spec, rule_set, num_layers):
+    """Each family's default config (the published base size), built on meta, detected, all covered."""
+    import json
+
+    with registry_for(installed=True):
+        result = CliRunner().invoke(app, ["explain", "--model", spec, "--format", "json"])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["rules"][-2]["name"] == rule_set
+    assert data["num_layers"] == num_layers
+    assert data["skipped"] == [] and data["problems"] == []
+
+
+@pytest.mark.parametrize(("spec", "chains"), [("hf:clip", {"vision": 12, "text": 12}), ("hf:siglip", {"vision": 12, "text": 12}), ("hf:t5", {"encoder": 6, "decoder": 6})])
+def test_explain_multi_tower_default_configs_offline(spec, chains):
+    import json
+
+    with registry_for(installed=True):
+        result = CliRunner().invoke(app, ["explain", "--model", spec, "--format", "json"])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert {name: chain["num_layers"] for name, chain in data["chains"].items()} == chains
+    assert data["skipped"] == [] and data["problems"] == []
