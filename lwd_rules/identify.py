@@ -195,6 +195,7 @@ class LayerIdentifier:
         depth = prefix.count(".") + 1
         pending: list[int] = []
         winner: int | None = None
+        found: re.Match[str] | None = None
         subtree = True
         probe = prefix + "."
         for index, search in enumerate(self._searches):
@@ -204,7 +205,8 @@ class LayerIdentifier:
             if scope == NAME:
                 pending.append(index)
                 continue
-            if search(probe) is not None:
+            found = search(probe)
+            if found is not None:
                 winner = index
                 break
             subtree = subtree and self._dots[index] <= depth
@@ -214,7 +216,7 @@ class LayerIdentifier:
                     return self._after_rules, False
                 return self._fallback(None), subtree
             self.used[winner] = True
-            return (self._layer_id(winner, self._searches[winner](probe), probe), winner), subtree  # type: ignore[arg-type]
+            return (self._layer_id(winner, found, probe), winner), subtree  # type: ignore[arg-type]
         checks = [(index, self._searches[index]) for index in pending]
 
         def resolve_one(name: str) -> tuple[int, int] | None:
@@ -225,7 +227,7 @@ class LayerIdentifier:
                     return self._layer_id(index, match, name), index
             if winner is not None:
                 self.used[winner] = True
-                return self._layer_id(winner, self._searches[winner](probe), name), winner  # type: ignore[arg-type]
+                return self._layer_id(winner, found, name), winner  # type: ignore[arg-type]
             return self._after_rules(name)
 
         return resolve_one, False
@@ -321,7 +323,7 @@ def collect_modules(model: Any, strip: Collection[str]) -> list[ModuleEntry]:
         children = module._modules
         if children:
             dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
-            if dot == cdot and not strip.intersection(children):  # nothing renamed: share the strings
+            if dot == cdot and strip.isdisjoint(children):  # nothing renamed: share the strings
                 stack += [(child_prefix := dot + name, child_prefix, child, index) for name, child in reversed(children.items()) if child is not None]
             else:
                 stack += [
