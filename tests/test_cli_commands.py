@@ -5,20 +5,17 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
-from typer.testing import CliRunner
 
 import lwd_rules_convnext
 from lwd_rules import hookimpl
-from lwd_rules.cli import app
 from lwd_rules.plugins import new_registry, use_registry
+from cli_support import ANSI, Run, only_convnext_plugin, run  # noqa: F401 - the autouse fixture applies here
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PLUGIN = "lwd-rules-convnext"
 PLUGIN_VERSION = version(PLUGIN)
 HOOKS = ["lwd_detect", "lwd_layer_variables", "lwd_rule_sets"]
@@ -34,31 +31,9 @@ CONVNEXT_SETS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def only_convnext_plugin(monkeypatch: pytest.MonkeyPatch):
-    """Load only the ConvNeXt plugin (other test plugins may come and go in the environment)."""
-    monkeypatch.setenv("LWD_RULES_PLUGINS", "convnext")
-    monkeypatch.delenv("LWD_RULES_STRICT_PLUGINS", raising=False)
-    monkeypatch.setenv("COLUMNS", "200")
-    previous = use_registry(None)
-    yield
-    use_registry(previous)
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
 
-
-def run(*args: object) -> Run:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    # Anything but SystemExit escaping the command would be a traceback for a user.
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    stdout, stderr = ANSI.sub("", result.stdout), ANSI.sub("", result.stderr)
-    assert "Traceback" not in stdout and "Traceback" not in stderr
-    return Run(result.exit_code, stdout, stderr)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,18 +12,14 @@ import io
 import json
 import re
 import sys
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import lwd_rules_convnext
-from lwd_rules.cli import app
-from lwd_rules.plugins import use_registry
+from cli_support import ANSI, Run, only_convnext_plugin, run  # noqa: F401 - the autouse fixture applies here
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data" / "cli"
 EXAMPLE = ROOT / "examples" / "finetune-convnext.yaml"
@@ -39,31 +35,12 @@ BETA_START = "- {pattern: '*.beta'"
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch):
-    """Only the ConvNeXt plugin, the fixture factories importable, a wide console."""
-    monkeypatch.setenv("LWD_RULES_PLUGINS", "convnext")
-    monkeypatch.delenv("LWD_RULES_STRICT_PLUGINS", raising=False)
-    monkeypatch.setenv("COLUMNS", "200")
+def factories_importable(monkeypatch: pytest.MonkeyPatch):
+    """The fixture model factories importable (only_convnext_plugin, from cli_support, does the rest)."""
     monkeypatch.syspath_prepend(str(DATA))
-    previous = use_registry(None)
-    yield
-    use_registry(previous)
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
 
-
-def run(*args: object) -> Run:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    # Anything but SystemExit escaping the command would be a traceback for a user.
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    stdout, stderr = ANSI.sub("", result.stdout), ANSI.sub("", result.stderr)
-    assert "Traceback" not in stdout and "Traceback" not in stderr
-    return Run(result.exit_code, stdout, stderr)
 
 
 def line_of(path: Path, start: str) -> int:
