@@ -12,6 +12,17 @@ from lwd_rules.cli import app
 from lwd_rules.plugins import use_registry
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# The rule sets the ConvNeXt plugin ships, in the sorted order the CLI lists them.
+CONVNEXT_SETS = [
+    "convnext",
+    "convnext-group",
+    "convnext-hf",
+    "convnext-hf-group",
+    "convnext-timm",
+    "convnext-timm-group",
+    "convnext-torchvision",
+    "convnext-torchvision-group",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -14,21 +14,11 @@ from ruamel.yaml import YAML
 import lwd_rules_convnext
 from lwd_rules import hookimpl
 from lwd_rules.plugins import new_registry, use_registry
-from cli_support import ANSI, Run, only_convnext_plugin, run  # noqa: F401 - the autouse fixture applies here
+from cli_support import ANSI, CONVNEXT_SETS, Run, only_convnext_plugin, run  # noqa: F401 - the autouse fixture applies here
 
 PLUGIN = "lwd-rules-convnext"
 PLUGIN_VERSION = version(PLUGIN)
 HOOKS = ["lwd_detect", "lwd_layer_variables", "lwd_rule_sets"]
-CONVNEXT_SETS = [
-    "convnext",
-    "convnext-group",
-    "convnext-hf",
-    "convnext-hf-group",
-    "convnext-timm",
-    "convnext-timm-group",
-    "convnext-torchvision",
-    "convnext-torchvision-group",
-]
 
 
 

@@ -13,20 +13,10 @@ import pytest
 
 from lwd_rules import hookimpl
 from lwd_rules.plugins import new_registry, use_registry
-from cli_support import ANSI, Run, only_convnext_plugin, run  # noqa: F401 - the autouse fixture applies here
+from cli_support import ANSI, CONVNEXT_SETS, Run, only_convnext_plugin, run  # noqa: F401 - the autouse fixture applies here
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "finetune-convnext.yaml"
-CONVNEXT_SETS = [
-    "convnext",
-    "convnext-group",
-    "convnext-hf",
-    "convnext-hf-group",
-    "convnext-timm",
-    "convnext-timm-group",
-    "convnext-torchvision",
-    "convnext-torchvision-group",
-]
 
 
 
