@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 from re import _constants as _c  # the regex parser, for match_scope()
 from re import _parser
@@ -124,80 +124,77 @@ def _class_item_dotless(op: Any, av: Any) -> bool:
     return False
 
 
-def count_variables(counts: Sequence[Count], modules: Sequence[ModuleEntry]) -> dict[str, int | list[int]]:
-    """Evaluate ``layers.count`` over canonical names: max+1 of one group, or per first group a list of max+1 of the second.
-
-    ``modules`` are ``(prefix, canonical prefix, parameters)``; a prefix-determined regex is run
-    once per module, any other once per parameter name.
-    """
-    out: dict[str, int | list[int]] = {}
-    names: list[str] | None = None
-    probes = [f"{cprefix}." for _, cprefix, params, _, _ in modules if cprefix and params]
-    roots = [leaf for _, cprefix, params, _, _ in modules if not cprefix for leaf in params]
-    probes += roots  # root parameters' names, whole
-    for count in counts:
-        scope = match_scope(count.pattern)
-        if scope == PREFIX:
-            texts: Iterable[str] = probes
-        elif scope == ROOT:
-            texts = roots
-        else:
-            if names is None:
-                names = [f"{cprefix}.{leaf}" if cprefix else leaf for _, cprefix, params, _, _ in modules for leaf in params]
-            texts = names
-        matches = [m.groups() for m in map(count.pattern.search, texts) if m]
-        numbers = [tuple(int(g) for g in groups) for groups in matches if all(g is not None and g.isdigit() for g in groups)]
-        if count.pattern.groups == 1:
-            out[count.name] = max(n[0] for n in numbers) + 1 if numbers else 0
-            continue
-        per: dict[int, int] = {}
-        for outer, inner in numbers:
-            per[outer] = max(per.get(outer, 0), inner + 1)
-        out[count.name] = [per.get(i, 0) for i in range(max(per) + 1)] if per else []
-    return out
+def count_value(count: Count, hits: Iterable[tuple[str | None, ...]]) -> int | list[int]:
+    """A ``layers.count`` variable from the groups its regex matched: max+1 of one group, or per
+    value of the first group a list of max+1 of the second (``[3, 3, 9, 3]``)."""
+    numbers = [tuple(int(g) for g in groups) for groups in hits if all(g is not None and g.isdigit() for g in groups)]
+    if count.pattern.groups == 1:
+        return max(n[0] for n in numbers) + 1 if numbers else 0
+    per: dict[int, int] = {}
+    for outer, inner in numbers:
+        per[outer] = max(per.get(outer, 0), inner + 1)
+    return [per.get(i, 0) for i in range(max(per) + 1)] if per else []
 
 
-Resolution = Union[tuple[int, int], None, Callable[[str], Union[tuple[int, int], None]]]
+# What a rule says for a parameter before any formula runs: (rule index, the match's groups),
+# (DEFAULT, ()) or (PLUGIN, (layer id,)). Layer ids are evaluated from answers once the
+# variables (``layers.count`` among them) are known, which needs the whole model walked first.
+Answer = tuple[int, tuple[Any, ...]]
+Resolution = Union[Answer, None, Callable[[str], Union[Answer, None]]]
+
+
+class ModuleState(NamedTuple):
+    """What ``LayerIdentifier.for_module`` learns at one module prefix."""
+
+    answer: Resolution  # for the module's own parameters; a function of the full name when it depends on it
+    final: bool  # every module below gets the same answer and the same prefix count matches
+    counts: tuple[tuple[str | None, ...] | None, ...]  # groups each prefix ``layers.count`` regex matched
 
 
 class LayerIdentifier:
-    """Maps canonical names to layer ids with the first rule that matches, else the default.
+    """Maps canonical names to answers with the first rule that matches, else the plugin ids or the default.
 
-    Formulas run once per distinct (rule, named groups) pair: the thousands of parameters of one
-    block share a single evaluation.
+    Matching and evaluating are separate: ``for_module``/``identify`` return answers while the
+    model is walked, ``bind(env)`` then supplies the variables and ``layer_id`` evaluates each
+    distinct answer once (the thousands of parameters of one block share a single evaluation).
     """
 
     def __init__(
-        self, rules: Sequence[LayerRule], default: Located | None, env: Mapping[str, Any], plugin_ids: Mapping[str, int] | None = None
+        self, rules: Sequence[LayerRule], default: Located | None, counts: Sequence[Count] = (), plugin_ids: Mapping[str, int] | None = None
     ) -> None:
         self.rules = rules
+        self.default = default
         self.plugin_ids = plugin_ids or {}
-        self.env = dict(env)
+        self.env: dict[str, Any] = {}
         self.used = [False] * len(rules)
         self._searches = [rule.pattern.search for rule in rules]
         self._scopes = [match_scope(rule.pattern) for rule in rules]
         self._dots = [prefix_dots(rule.pattern) for rule in rules]
-        self._cache: dict[tuple[int, tuple[str | None, ...]], int] = {}
-        self._default_id = self._evaluate(default.formula, self.env, default.path, default.origin) if default else None
+        self._named = [tuple((name, index - 1) for name, index in rule.pattern.groupindex.items()) for rule in rules]
+        self._ids: dict[Answer, int] = {}
+        self.prefix_counts = [c for c in counts if match_scope(c.pattern) == PREFIX]
+        self._count_searches = [c.pattern.search for c in self.prefix_counts]
+        self._count_dots = max((prefix_dots(c.pattern) for c in self.prefix_counts), default=0)
+        self.name_counts = [c for c in counts if match_scope(c.pattern) != PREFIX]  # run per parameter name
+        self._fallback: Answer | None = (DEFAULT, ()) if default is not None else None
 
-    def for_module(self, prefix: str) -> tuple[Resolution, bool]:
-        """What ``identify`` gives the parameters of the module at canonical ``prefix``, and whether
-        every module below it gets the same answer.
+    def for_module(self, prefix: str) -> ModuleState:
+        """The answer for the parameters of the module at canonical ``prefix``, whether it holds
+        for the whole subtree, and the prefix counts' matches.
 
-        The answer is a tuple (or None) when it is the same for all the module's parameters, else
-        a function of a parameter's canonical name that runs only the rules whose answer depends on
-        it. It holds for the whole subtree when every rule consulted reads no further than this
-        prefix (``PREFIX`` rules with no more dots than it, ``ROOT`` rules): one evaluation then
-        serves a whole block.
+        The answer is fixed for the subtree when every rule consulted reads no further than this
+        prefix (``PREFIX`` rules with no more dots than it, ``ROOT`` rules), and so are the counts
+        when no prefix count reads further: one evaluation then serves a whole block.
         """
         if not prefix:
-            return self.identify, False
+            return ModuleState(self.identify, False, ())
         depth = prefix.count(".") + 1
+        probe = prefix + "."
+        counts = tuple(found.groups() if found else None for found in (search(probe) for search in self._count_searches)) if self._count_searches else ()
         pending: list[int] = []
         winner: int | None = None
         found: re.Match[str] | None = None
-        subtree = True
-        probe = prefix + "."
+        final = self._count_dots <= depth
         for index, search in enumerate(self._searches):
             scope = self._scopes[index]
             if scope == ROOT:
@@ -209,59 +206,72 @@ class LayerIdentifier:
             if found is not None:
                 winner = index
                 break
-            subtree = subtree and self._dots[index] <= depth
+            final = final and self._dots[index] <= depth
         if not pending:
             if winner is None:
                 if self.plugin_ids:
-                    return self._after_rules, False
-                return self._fallback(None), subtree
+                    return ModuleState(self._after_rules, False, counts)
+                return ModuleState(self._fallback, final, counts)
             self.used[winner] = True
-            return (self._layer_id(winner, found, probe), winner), subtree  # type: ignore[arg-type]
+            return ModuleState((winner, found.groups()), final, counts)  # type: ignore[union-attr]
         checks = [(index, self._searches[index]) for index in pending]
+        won = None if winner is None else (winner, found.groups())  # type: ignore[union-attr]
 
-        def resolve_one(name: str) -> tuple[int, int] | None:
+        def resolve_one(name: str) -> Answer | None:
             for index, search in checks:
                 match = search(name)
                 if match is not None:
                     self.used[index] = True
-                    return self._layer_id(index, match, name), index
-            if winner is not None:
-                self.used[winner] = True
-                return self._layer_id(winner, found, name), winner  # type: ignore[arg-type]
+                    return index, match.groups()
+            if won is not None:
+                self.used[won[0]] = True
+                return won
             return self._after_rules(name)
 
-        return resolve_one, False
+        return ModuleState(resolve_one, False, counts)
 
-    def _after_rules(self, name: str) -> tuple[int, int] | None:
-        plugin_id = self.plugin_ids.get(name)
-        if plugin_id is not None:
-            return plugin_id, PLUGIN
-        return self._fallback(name)
-
-    def _fallback(self, name: str | None) -> tuple[int, int] | None:
-        return (self._default_id, DEFAULT) if self._default_id is not None else None
-
-    def _layer_id(self, index: int, match: re.Match[str], name: str) -> int:
-        """The id rule ``index`` gives for ``match``, its formula evaluated once per distinct groups."""
-        key = (index, match.groups())
-        layer_id = self._cache.get(key)
-        if layer_id is None:
-            rule = self.rules[index]
-            env = self.env
-            named = match.groupdict()
-            if named:
-                env = {**env, **{k: _as_int(v) for k, v in named.items()}}
-            layer_id = self._cache[key] = self._evaluate(rule.layer, env, rule.path + ".layer", rule.origin, name)
-        return layer_id
-
-    def identify(self, name: str) -> tuple[int, int] | None:
-        """``(layer_id, rule index, PLUGIN or DEFAULT)`` for ``name``: rules first, then plugin ids, then the default."""
+    def identify(self, name: str) -> Answer | None:
+        """The answer for one canonical name: rules first, then plugin ids, then the default."""
         for index, search in enumerate(self._searches):
             match = search(name)
             if match is not None:
                 self.used[index] = True
-                return self._layer_id(index, match, name), index
+                return index, match.groups()
         return self._after_rules(name)
+
+    def _after_rules(self, name: str) -> Answer | None:
+        plugin_id = self.plugin_ids.get(name)
+        if plugin_id is not None:
+            return PLUGIN, (plugin_id,)
+        return self._fallback
+
+    def bind(self, env: Mapping[str, Any]) -> None:
+        """The variables formulas see; answers evaluated before are forgotten."""
+        self.env = dict(env)
+        self._ids.clear()
+
+    def layer_id(self, answer: Answer, name: str = "") -> int:
+        """The layer id of ``answer``, evaluated once per distinct answer; ``name`` is for error messages."""
+        layer_id = self._ids.get(answer)
+        if layer_id is not None:
+            return layer_id
+        index, groups = answer
+        if index == PLUGIN:
+            layer_id = groups[0]
+        elif index == DEFAULT:
+            default = self.default
+            assert default is not None
+            layer_id = self._evaluate(default.formula, self.env, default.path, default.origin)
+        else:
+            rule = self.rules[index]
+            env = self.env
+            if self._named[index]:
+                env = dict(env)
+                for group_name, position in self._named[index]:
+                    env[group_name] = _as_int(groups[position])
+            layer_id = self._evaluate(rule.layer, env, rule.path + ".layer", rule.origin, name)
+        self._ids[answer] = layer_id
+        return layer_id
 
     @staticmethod
     def _evaluate(formula: Any, env: Mapping[str, Any], path: str, origin: Any, name: str | None = None) -> int:

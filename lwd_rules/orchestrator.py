@@ -7,14 +7,27 @@ import fnmatch
 import inspect
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lwd_rules import scaling
 from lwd_rules.errors import Location, Problem, RuleError
 from lwd_rules.grouping import Grouper, Settings
-from lwd_rules.identify import DEFAULT, PLUGIN, LayerIdentifier, ModuleEntry, canonical_name, class_names, collect_modules, count_variables
+from lwd_rules.identify import (
+    DEFAULT,
+    PLUGIN,
+    Answer,
+    LayerIdentifier,
+    ModuleEntry,
+    ModuleState,
+    Resolution,
+    canonical_name,
+    canonicalizer,
+    class_names,
+    collect_modules,
+    count_value,
+)
 from lwd_rules.plan import Convention, ParamRow, Plan, Skipped
 from lwd_rules.expr import parse_formula
 from lwd_rules.rules.load import Source, extend, load_rules, rebase
@@ -157,7 +170,7 @@ def _resolve_chains(model: Any, rules: RuleSet, registry: Registry, strict: bool
     plans = [(label, resolver.run()) for label, resolver in parts]
     exclusions = [any(resolver.usage[0][i] for _, resolver in parts) for i in range(len(rules.exclusions))]
     overrides = [any(resolver.usage[1][i] for _, resolver in parts) for i in range(len(rules.overrides))]
-    check._report_unused(modules, [True] * len(rules.rules), exclusions, overrides)
+    check._report_unused([True] * len(rules.rules), exclusions, overrides)
     check.fail_if_problems()
     return _merge_plans(rules, plans, names, check)
 
@@ -253,23 +266,29 @@ class _Resolver:
 
     def run(self) -> Plan:
         rules, config = self.rules, self.rules.config
-        modules = collect_modules(self.model, rules.strip_components)
-        if any(entry[0] != entry[1] for entry in modules):
-            self._check_collisions(modules)
-        env = self._variables(modules)
+        env = self._plugin_variables()
+        plugin_ids = self._plugin_ids() if config.layers.ids_from_plugins else None
+        identifier = LayerIdentifier(rules.rules, rules.default, rules.counts, plugin_ids)
+        walk = _Walk(self, identifier)
+        if not walk.run(self.model):  # a class with its own named_modules: walk that instead
+            identifier = LayerIdentifier(rules.rules, rules.default, rules.counts, plugin_ids)
+            walk = _Walk(self, identifier)
+            walk.run_listed(self.model)
+        walk.done()
+        if walk.renamed:
+            self._check_collisions(collect_modules(self.model, rules.strip_components))
+        env.update(walk.count_values())
         if rules.num_layers is not None:
             env["num_layers"] = self._num_layers(env)
-        plugin_ids = self._plugin_ids() if config.layers.ids_from_plugins else None
-        identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
-        walk = _Walk(self, identifier)
-        walk.run(modules)
+        identifier.bind(env)
         if walk.unmatched:
             where = rules.rules[0].origin if rules.rules else self.top
             unmatched = [canon_name for _, canon_name in walk.unmatched]
             self.report(None, Problem(where, "layers.default", f"{len(unmatched)} parameter(s) match no rule and layers.default is not set: {_listing(unmatched)}"))
             self.fail_if_problems()
+        walk.settle()
         if "num_layers" not in env:  # N = highest id - 1, frozen parameters included so freezing shifts nothing
-            frozen_ids = (found[0] for found in map(identifier.identify, walk.frozen_canonical) if found)
+            frozen_ids = [identifier.layer_id(answer) for answer in walk.frozen_answers]
             override_ids = (layer_id for _, layer_id in walk.override_frozen)
             env["num_layers"] = max(max([*(key[0] for key in walk.keys), *frozen_ids, *override_ids], default=1) - 1, 0)
         num_layers = env["num_layers"]
@@ -280,9 +299,9 @@ class _Resolver:
         scales = scaling.clamp(raw_scales, decay.min_scale)
         self.usage = (walk.exclusion_used, walk.override_used)
         if self.claim is None:
-            self._report_unused(modules, identifier.used, walk.exclusion_used, walk.override_used)
+            self._report_unused(identifier.used, walk.exclusion_used, walk.override_used)
         else:  # a chain: its own layer rules here; exclude entries and overrides once, over every chain
-            self._report_unused(modules, identifier.used, [True] * len(walk.exclusion_used), [True] * len(walk.override_used))
+            self._report_unused(identifier.used, [True] * len(walk.exclusion_used), [True] * len(walk.override_used))
         self._report_conflicts(walk.conflicts)
         self.fail_if_problems()
         below = {key_index for key_index, key in enumerate(walk.keys) if decay.below_min == "freeze" and raw_scales[key[0]] < decay.min_scale}
@@ -296,8 +315,7 @@ class _Resolver:
         if below:
             skipped += [
                 Skipped(name, f"scale {raw_scales[walk.keys[k][0]]:.3g} of layer {walk.keys[k][0]} is below min_scale")
-                for name, k in zip(walk.names, walk.row_keys)
-                if k in below
+                for name, _, _, k in walk.rows(below)
             ]
         groups = grouper.param_groups()
         return Plan(
@@ -335,7 +353,8 @@ class _Resolver:
                     self.problems.append(Problem(self.top, "names.strip_components", f"{other!r} and {name!r} both become {canon!r} once wrapper components are removed"))
         self.fail_if_problems()
 
-    def _variables(self, modules: list[ModuleEntry]) -> dict[str, Any]:
+    def _plugin_variables(self) -> dict[str, Any]:
+        """``layers.variables`` from the ``lwd_layer_variables`` hook (the ``layers.count`` ones come from the walk)."""
         rules = self.rules
         env: dict[str, Any] = {}
         if rules.config.layers.variables:
@@ -348,8 +367,6 @@ class _Resolver:
                 location = next((raw.locate(("layers", "variables")) for raw, _ in reversed(rules.chain) if "variables" in raw.data.get("layers", {})), where.locate(()))
                 message = f"no plugin provided {', '.join(map(repr, missing))} for rule set {asked!r} and {type(self.bare).__name__}"
                 self.problems.append(Problem(location, "layers.variables", message + self._failures_since(seen)))
-        if rules.counts:
-            env.update(count_variables(rules.counts, modules))
         self.fail_if_problems()
         return env
 
@@ -377,8 +394,7 @@ class _Resolver:
         defaulted = {k for k, key in enumerate(walk.keys) if key[1] == DEFAULT}
         if not defaulted:
             return
-        strip = self.rules.strip_components
-        names = [canonical_name(name, strip) for name, k in zip(walk.names, walk.row_keys) if k in defaulted]
+        names = [canon for _, canon, _, _ in walk.rows(defaulted)]
         if names:
             default = self.rules.default
             self.report(mode, Problem(default.origin, default.path, f"{len(names)} parameter(s) matched no rule and took the default id: {_listing(names)}"))
@@ -396,10 +412,8 @@ class _Resolver:
         if not outside:
             return
         bad: dict[int, list[str]] = {}
-        for name, k in zip(walk.names, walk.row_keys):
-            if k in outside:
-                canon = canonical_name(name, self.rules.strip_components)
-                bad.setdefault(walk.keys[k][1], []).append(f"{canon} -> {walk.keys[k][0]}")
+        for _, canon, _, k in walk.rows(outside):
+            bad.setdefault(walk.keys[k][1], []).append(f"{canon} -> {walk.keys[k][0]}")
         for source, names in bad.items():
             if source == PLUGIN:
                 origin, path, who = self.top, "layers.ids_from_plugins", f" (from {self.plugin_owner})"
@@ -428,7 +442,7 @@ class _Resolver:
         exact = frozenset(n for n in canonical if not _GLOB_CHARS & set(n))
         return _NameSet(exact, tuple(re.compile(fnmatch.translate(n)) for n in sorted(canonical - exact)))
 
-    def _report_unused(self, modules: list[ModuleEntry], rules_used: list[bool], excl_used: list[bool], override_used: list[bool]) -> None:
+    def _report_unused(self, rules_used: list[bool], excl_used: list[bool], override_used: list[bool]) -> None:
         mode = self.rules.config.checks.unused_patterns
         candidates = [
             *((r, r.path + ".match", r.pattern.pattern, lambda n, d, k, r=r: r.pattern.search(n)) for r, u in zip(self.rules.rules, rules_used) if not u),
@@ -441,6 +455,7 @@ class _Resolver:
         def unmatched(chosen: list[Any]) -> list[tuple[Any, str, str]]:
             if not chosen:
                 return []
+            modules = collect_modules(self.model, self.rules.strip_components)
             named = [(_join(cprefix, leaf), p.ndim, class_names(kind)) for _, cprefix, params, _, kind in modules for leaf, p in params.items() if p is not None]
             return [(entry, path, text) for entry, path, text, test in chosen if not any(test(n, d, k) for n, d, k in named)]
 
@@ -493,17 +508,23 @@ def _tail_needed(text: str) -> int | None:
 
 
 class _Walk:
-    """The one pass over the parameters: layer id, weight decay and overrides of each, collected by key.
+    """The one pass over the model: each trainable parameter's answer, weight decay and overrides,
+    collected by key.
 
-    Parameters of one module share their prefix's rule match (``LayerIdentifier.for_module``), and
-    weight decay is looked up by (leaf name, ndim) when the exclude entries only look at those, so
-    the per-parameter cost stays close to that of ``named_parameters()`` itself.
+    Modules are visited in ``named_modules()`` order with an explicit stack; a module whose answer
+    holds for its whole subtree (``ModuleState.final``) passes it to its children, so a block's
+    rules run once. Weight decay is looked up per (tail, leaf name, ndim, module class) when the
+    exclude entries look at nothing else. No per-parameter name is built on this path: names are
+    made again by ``rows()`` when a report or ``plan.params`` asks for them, which keeps the walk
+    near the cost and below the memory of ``named_parameters()`` itself.
     """
 
     def __init__(self, resolver: _Resolver, identifier: LayerIdentifier) -> None:
-        self.resolver = resolver
+        self.model = resolver.model
+        self.claim = resolver.claim
         self.identifier = identifier
         rules = resolver.rules
+        self.strip = frozenset(rules.strip_components)
         self.base_wd = rules.config.weight_decay.value
         self.no_wd = resolver._model_no_weight_decay()
         self.exclusions = rules.exclusions
@@ -511,102 +532,226 @@ class _Walk:
         tails = [_tail_needed(e.text) for e in self.exclusions]
         self.cacheable = not self.overrides and not self.no_wd.globs and None not in tails
         self.tail = max((t for t in tails if t is not None), default=0)
-        self.keys: list[tuple[int, int, float, float]] = []  # (layer id, rule index, weight decay, lr_mult)
+        self.keys: list[tuple[Any, ...]] = []  # (answer, weight decay, lr_mult); after settle(): (layer id, rule index, weight decay, lr_mult)
         self.members: list[list[Any]] = []
-        self.names: list[str] = []  # trainable parameters, in order, with their key index and tensor
-        self.row_keys: list[int] = []
-        self.params: list[Any] = []
+        self.examples: list[str] = []  # a canonical name of each key, for error messages
         self.frozen: list[str] = []
-        self.frozen_canonical: list[str] = []
+        self.frozen_answers: set[Answer] = set()
         self.unmatched: list[tuple[str, str]] = []
-        self.override_frozen: list[tuple[str, int]] = []  # (name, layer id)
+        self.override_frozen: list[tuple[str, Any]] = []  # (name, answer; its layer id after settle())
         self.exclusion_used = [False] * len(self.exclusions)
         self.override_used = [False] * len(self.overrides)
         self.conflicts: dict[tuple[int, int, str], list[str]] = {}
-
-    def run(self, modules: list[ModuleEntry]) -> None:
-        seen: set[int] = set()
-        seen_add = seen.add
-        key_index: dict[Any, int] = {}
-        wd_cache: dict[tuple[str, str, int, tuple[str, ...]], float] = {}
-        no_wd_leaves: dict[str, set[str]] = {}  # model.no_weight_decay() names, by canonical module prefix
+        self.prefix_hits: list[set[tuple[str | None, ...]]] = [set() for _ in identifier.prefix_counts]
+        self.name_hits: list[set[tuple[str | None, ...]]] = [set() for _ in identifier.name_counts]
+        self.renamed = False  # some prefix lost a wrapper component: names may collide
+        self._seen: set[int] = set()
+        self._key_index: dict[tuple[Any, float, float], int] = {}
+        self._wd_cache: dict[tuple[str, str, int, type], float] = {}
+        self._no_wd_leaves: dict[str, set[str]] = {}  # model.no_weight_decay() names, by canonical module prefix
         for name in self.no_wd.exact:
             module_prefix, _, leaf = name.rpartition(".")
-            no_wd_leaves.setdefault(module_prefix, set()).add(leaf)
+            self._no_wd_leaves.setdefault(module_prefix, set()).add(leaf)
+
+    def run(self, model: Any) -> bool:
+        """Walk ``model`` with an explicit stack; False (and nothing usable) when a module class
+        overrides ``named_modules``/``named_parameters``: ``run_listed`` then honours it."""
+        from torch import nn
+
+        standard = (nn.Module.named_modules, nn.Module.named_parameters)
+        checked: set[type] = set()
+        strip = self.strip
+        leads = tuple(lead for lead in strip if "." in lead)  # leading prefixes, e.g. PEFT's base_model.model
         for_module = self.identifier.for_module
-        claim = self.resolver.claim
-        names, row_keys, params, members = self.names, self.row_keys, self.params, self.members
-        names_add, keys_add, params_add = names.append, row_keys.append, params.append
-        states: list[tuple[Any, bool]] = []
-        for prefix, cprefix, module_params, parent, kind in modules:
-            state = states[parent] if parent >= 0 and states[parent][1] and _extends(cprefix, modules[parent][1]) else for_module(cprefix)
-            states.append(state)
-            if not module_params:
+        prefix_hits = self.prefix_hits if self.prefix_hits else None
+        fast = self.cacheable and self.claim is None and not self.name_hits
+        tail, stub_of = self.tail, self._stub
+        seen, seen_add = self._seen, self._seen.add
+        wd_cache, key_index, members = self._wd_cache, self._key_index, self.members
+        no_wd_leaves = self._no_wd_leaves
+        seen_modules: set[Any] = set()
+        last_counted: ModuleState | None = None
+        stack: list[tuple[Any, str, str, ModuleState | None]] = [(model, "", "", None)]
+        pop, push = stack.pop, stack.append
+        while stack:
+            module, prefix, cprefix, state = pop()
+            if module in seen_modules:
                 continue
-            located = state[0]
-            dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
-            stub = self._stub(cprefix)
-            kinds = class_names(kind)
-            if self.cacheable and located is not None and not callable(located) and claim is None:
-                module_no_wd = no_wd_leaves.get(cprefix, ())
-                for leaf, param in module_params.items():  # the common case: nothing here depends on the full name
-                    if param is None or id(param) in seen:
-                        continue
-                    seen_add(id(param))
-                    if not param.requires_grad:
-                        self.frozen.append(dot + leaf)
-                        self.frozen_canonical.append(cdot + leaf)
-                        continue
-                    if leaf in module_no_wd:
-                        wd = 0.0
-                    else:
-                        wd_key = (stub, leaf, param.ndim, kinds)
-                        wd = wd_cache.get(wd_key)  # type: ignore[assignment]
-                        if wd is None:
-                            wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], kinds, mark_all=True)
-                    k = key_index.get((located, wd))
-                    if k is None:
-                        k = key_index[(located, wd)] = self._key(located, wd, 1.0)
-                    members[k].append(param)
-                    names_add(dot + leaf)
-                    keys_add(k)
-                    params_add(param)
+            seen_modules.add(module)
+            kind = type(module)
+            if kind not in checked:
+                if (kind.named_modules, kind.named_parameters) != standard:
+                    return False
+                checked.add(kind)
+            if leads and cprefix.startswith(leads):
+                cprefix, state, self.renamed = canonical_name(cprefix, strip), None, True
+            if state is None:
+                state = for_module(cprefix)
+            params = module._parameters
+            if params:
+                if prefix_hits is not None and cprefix and state is not last_counted:
+                    self._count(state)
+                    last_counted = state
+                answer = state.answer
+                if fast and answer is not None and not callable(answer):
+                    module_no_wd = no_wd_leaves.get(cprefix, ()) if no_wd_leaves else ()
+                    stub = stub_of(cprefix) if tail else ("x." if cprefix else "")
+                    for leaf, param in params.items():  # the common case: nothing here needs the full name
+                        if param is None:
+                            continue
+                        pid = id(param)
+                        if pid in seen:
+                            continue
+                        seen_add(pid)
+                        if not param.requires_grad:
+                            self.frozen.append(_join(prefix, leaf))
+                            self.frozen_answers.add(answer)
+                            continue
+                        if leaf in module_no_wd:
+                            wd = 0.0
+                        else:
+                            wd_key = (stub, leaf, param.ndim, kind)
+                            wd = wd_cache.get(wd_key)  # type: ignore[assignment]
+                            if wd is None:
+                                wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], class_names(kind), mark_all=True)
+                        k = key_index.get((answer, wd, 1.0))
+                        if k is None:
+                            k = self._key(answer, wd, 1.0, _join(cprefix, leaf))
+                        members[k].append(param)
+                else:
+                    self._params(params, prefix, cprefix, answer, kind)
+            children = module._modules
+            if children:
+                inherited = state if state.final else None
+                dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
+                if dot == cdot and strip.isdisjoint(children):  # nothing renamed: share the strings
+                    for name, child in reversed(children.items()):
+                        if child is not None:
+                            child_prefix = dot + name
+                            push((child, child_prefix, child_prefix, inherited))
+                else:
+                    self.renamed = True
+                    for name, child in reversed(children.items()):
+                        if child is not None:
+                            push((child, dot + name, cprefix if name in strip else cdot + name, inherited))
+        return True
+
+    def run_listed(self, model: Any) -> None:
+        """The walk through ``model.named_modules()``, for models with a class that overrides it."""
+        strip = self.strip
+        canonical = canonicalizer(strip)
+        states: dict[str, tuple[str, ModuleState]] = {}  # prefix -> (canonical prefix, state)
+        for prefix, module in model.named_modules():
+            cprefix = canonical(prefix)
+            self.renamed = self.renamed or cprefix != prefix
+            parent = states.get(prefix.rpartition(".")[0]) if prefix else None
+            inherit = parent is not None and parent[1].final and _extends(cprefix, parent[0])
+            state = parent[1] if inherit else self.identifier.for_module(cprefix)  # type: ignore[index]
+            states[prefix] = (cprefix, state)
+            params = module._parameters
+            if params:
+                if self.prefix_hits and cprefix:
+                    self._count(state)
+                self._params(params, prefix, cprefix, state.answer, type(module))
+
+    def _params(self, params: Mapping[str, Any], prefix: str, cprefix: str, answer: Resolution, kind: type) -> None:
+        """One module's own parameters, for everything the fast path leaves out: answers that
+        depend on the full name, overrides, chains, name-reading exclude entries and counts."""
+        seen = self._seen
+        kinds = class_names(kind)
+        stub = self._stub(cprefix)
+        claim = self.claim
+        for leaf, param in params.items():
+            if param is None:
                 continue
-            for leaf, param in module_params.items():
+            name, cname = _join(prefix, leaf), _join(cprefix, leaf)
+            for hits, count in zip(self.name_hits, self.identifier.name_counts):
+                found_count = count.pattern.search(cname)
+                if found_count is not None:
+                    hits.add(found_count.groups())
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            if claim is not None and not claim(cname):
+                continue  # another chain's parameter
+            found = answer(cname) if callable(answer) else answer
+            if not param.requires_grad:
+                self.frozen.append(name)
+                if found is not None:
+                    self.frozen_answers.add(found)
+                continue
+            if found is None:
+                self.unmatched.append((name, cname))
+                continue
+            wd = 0.0 if self.no_wd(cname) else self._weight_decay(stub + leaf if self.cacheable else cname, param.ndim, kinds)
+            mult = 1.0
+            if self.overrides:
+                mult, wd, frozen = self._apply_overrides(cname, wd)
+                if frozen:
+                    self.override_frozen.append((name, found))
+                    continue
+            k = self._key_index.get((found, wd, mult))
+            if k is None:
+                k = self._key(found, wd, mult, cname)
+            self.members[k].append(param)
+
+    def done(self) -> None:
+        """Drop what only the walk needed (the set of every parameter's id)."""
+        self._seen = set()
+        self._wd_cache.clear()
+
+    def _count(self, state: ModuleState) -> None:
+        for hits, groups in zip(self.prefix_hits, state.counts):
+            if groups is not None:
+                hits.add(groups)
+
+    def count_values(self) -> dict[str, int | list[int]]:
+        """The ``layers.count`` variables, from the matches the walk saw."""
+        identifier = self.identifier
+        pairs = [*zip(identifier.prefix_counts, self.prefix_hits), *zip(identifier.name_counts, self.name_hits)]
+        return {count.name: count_value(count, hits) for count, hits in pairs}
+
+    def _key(self, answer: Any, wd: float, mult: float, example: str) -> int:
+        """A new (answer, weight decay, lr_mult) key; returns its index."""
+        self._key_index[(answer, wd, mult)] = len(self.keys)
+        self.keys.append((answer, wd, mult))
+        self.members.append([])
+        self.examples.append(example)
+        return len(self.keys) - 1
+
+    def settle(self) -> None:
+        """Evaluate every key's answer (the variables are bound now) and merge the keys that land
+        on the same (layer id, rule, weight decay, lr_mult), keeping first-seen order."""
+        layer_id = self.identifier.layer_id
+        merged: dict[tuple[int, int, float, float], int] = {}
+        keys: list[tuple[Any, ...]] = []
+        members: list[list[Any]] = []
+        for (answer, wd, mult), params, example in zip(self.keys, self.members, self.examples):
+            key = (layer_id(answer, example), answer[0], wd, mult)
+            index = merged.get(key)
+            if index is None:
+                merged[key] = len(keys)
+                keys.append(key)
+                members.append(params)
+            else:
+                members[index] += params
+        self.keys, self.members, self.examples = keys, members, []
+        self._key_index.clear()
+        self.override_frozen = [(name, layer_id(answer, name)) for name, answer in self.override_frozen]
+
+    def rows(self, wanted: Collection[int] | None = None) -> Iterator[tuple[str, str, Any, int]]:
+        """``(name, canonical name, tensor, key index)`` of the grouped parameters (of the keys in
+        ``wanted``), in model order: a second walk, for reports and ``plan.params``."""
+        key_of = {id(param): k for k, params in enumerate(self.members) if wanted is None or k in wanted for param in params}
+        seen: set[int] = set()
+        for prefix, cprefix, params, _, _ in collect_modules(self.model, self.strip):
+            for leaf, param in params.items():
                 if param is None or id(param) in seen:
                     continue
-                seen_add(id(param))
-                name, cname = dot + leaf, cdot + leaf
-                if claim is not None and not claim(cname):
-                    continue  # another chain's parameter
-                if not param.requires_grad:
-                    self.frozen.append(name)
-                    self.frozen_canonical.append(cname)
-                    continue
-                found = located(cname) if callable(located) else located
-                if found is None:
-                    self.unmatched.append((name, cname))
-                    continue
-                wd = 0.0 if self.no_wd(cname) else self._weight_decay(stub + leaf if self.cacheable else cname, param.ndim, kinds)
-                mult = 1.0
-                if self.overrides:
-                    mult, wd, frozen = self._apply_overrides(cname, wd)
-                    if frozen:
-                        self.override_frozen.append((name, found[0]))
-                        continue
-                k = key_index.get((found, wd, mult))
-                if k is None:
-                    k = key_index[(found, wd, mult)] = self._key(found, wd, mult)
-                members[k].append(param)
-                names_add(name)
-                keys_add(k)
-                params_add(param)
-
-    def _key(self, found: tuple[int, int], wd: float, mult: float) -> int:
-        """A new (layer id, rule, weight decay, lr_mult) key; returns its index."""
-        self.keys.append((found[0], found[1], wd, mult))
-        self.members.append([])
-        return len(self.keys) - 1
+                seen.add(id(param))
+                k = key_of.get(id(param))
+                if k is not None:
+                    yield _join(prefix, leaf), _join(cprefix, leaf), param, k
 
     def _stub(self, cprefix: str) -> str:
         """A stand-in prefix with the same last ``self.tail`` components (``"x.grn."`` for tail 1)."""
@@ -657,26 +802,27 @@ class _Walk:
 
 
 class _Rows(Sequence[ParamRow]):
-    """``plan.params``: built on first access, so ``resolve()`` itself stores three references per parameter."""
+    """``plan.params``: built on first access by walking the model again, so ``resolve()`` itself
+    keeps no per-parameter names."""
 
     def __init__(self, walk: _Walk, final: list[int], groups: list[dict[str, Any]], labels: Mapping[int, tuple[str, str]]) -> None:
-        self._source = (walk.names, walk.row_keys, walk.params, walk.keys, final, groups, labels)
+        self._source = (walk, final, groups, labels)
         self._rows: list[ParamRow] | None = None
         self._tensors: list[Any] = []
 
     def _built(self) -> list[ParamRow]:
         if self._rows is None:
-            names, row_keys, params, keys, final, groups, labels = self._source
+            walk, final, groups, labels = self._source
+            grouped = {k for k, group in enumerate(final) if group >= 0}
             rows = []
             tensors = []
-            for name, k, param in zip(names, row_keys, params):
-                group = final[k]
-                if group < 0:
-                    continue
-                layer_id, source, wd, _ = keys[k]
-                entry = groups[group]
+            for name, _, param, k in walk.rows(grouped):
+                layer_id, source, wd, _ = walk.keys[k]
+                entry = groups[final[k]]
                 rows.append(ParamRow(name, layer_id, entry["lr_scale"], wd, entry["group_name"], *labels[source], param.numel(), param.ndim))
                 tensors.append(param)
+            if len(rows) != sum(len(walk.members[k]) for k in grouped):
+                raise RuntimeError("the model's parameters changed after resolve(): resolve it again to list them")
             self._rows, self._tensors = rows, tensors
         return self._rows
 

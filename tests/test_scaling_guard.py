@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lwd_rules import load_rules, resolve
+from lwd_rules.expr import Formula
 from lwd_rules.grouping import Grouper
 from lwd_rules.identify import LayerIdentifier
 from lwd_rules.orchestrator import _Walk
@@ -63,7 +64,7 @@ def work(monkeypatch: pytest.MonkeyPatch, blocks: int) -> tuple[dict[str, int], 
         model = Synthetic(blocks)
     calls: dict[str, int] = {}
     with monkeypatch.context() as patch:
-        for owner, name in [(LayerIdentifier, "for_module"), (LayerIdentifier, "_layer_id"), (LayerIdentifier, "identify"), (_Walk, "_weight_decay"), (Grouper, "add_many")]:
+        for owner, name in [(LayerIdentifier, "for_module"), (Formula, "__call__"), (LayerIdentifier, "identify"), (_Walk, "_weight_decay"), (Grouper, "add_many")]:
             counted(patch, owner, name, calls)
         plan = resolve(model, load_rules(RULES, registry=new_registry()), registry=new_registry())
     tensors = len(plan.params)
@@ -77,8 +78,9 @@ def test_work_is_linear_in_modules_and_groups_are_bounded(monkeypatch, blocks):
     # Rule matching runs once per block (its children inherit the answer), never per parameter.
     assert calls["for_module"] == blocks + 4  # the root, stem, blocks container, head, and each block
     assert calls.get("identify", 0) == 0  # no parameter needed its full name matched
-    # One formula evaluation per distinct (rule, named groups): one per block, plus the stem.
-    assert calls["_layer_id"] <= blocks + 1
+    # One formula evaluation per distinct (rule, named groups): one per block, plus the stem,
+    # the default (the head) and num_layers.
+    assert calls["__call__"] <= blocks + 3
     # Weight decay is decided once per distinct (leaf name, ndim), not per parameter.
     assert calls["_weight_decay"] <= 8
     # 26 layer ids (0..25), each with and without decay: groups never grow with the model.
