@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, Union
 
 from re import _constants as _c  # the regex parser, for match_scope()
 from re import _parser
@@ -124,10 +124,29 @@ def _class_item_dotless(op: Any, av: Any) -> bool:
     return False
 
 
-def count_value(count: Count, hits: Iterable[tuple[str | None, ...]]) -> int | list[int]:
-    """A ``layers.count`` variable from the groups its regex matched: max+1 of one group, or per
-    value of the first group a list of max+1 of the second (``[3, 3, 9, 3]``)."""
-    numbers = [tuple(int(g) for g in groups) for groups in hits if all(g is not None and g.isdigit() for g in groups)]
+def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str]) -> dict[str, int | list[int]]:
+    """Evaluate ``layers.count`` over the model's canonical parameter names: max+1 of one group, or
+    per value of the first group a list of max+1 of the second (``[3, 3, 9, 3]``).
+
+    A prefix-determined regex (``match_scope`` PREFIX, as every bundled count is) reads no more
+    than its own dots of a name, so it runs once per module prefix, cut to the deepest of them: a
+    block with thousands of parameters is one probe. Any other regex runs on every name.
+    """
+    by_prefix = [count for count in counts if match_scope(count.pattern) == PREFIX]
+    by_name = [count for count in counts if match_scope(count.pattern) != PREFIX]
+    out: dict[str, int | list[int]] = {}
+    if by_name:
+        names = [_join(cprefix, leaf) for _, cprefix, params, _, _ in collect_modules(model, strip) for leaf in params]
+        out.update((count.name, _count_value(count, names)) for count in by_name)
+    if by_prefix:
+        probes = [prefix + "." for prefix in _parameter_prefixes(model, strip, max(prefix_dots(c.pattern) for c in by_prefix))]
+        out.update((count.name, _count_value(count, probes)) for count in by_prefix)
+    return {count.name: out[count.name] for count in counts}
+
+
+def _count_value(count: Count, texts: Iterable[str]) -> int | list[int]:
+    matches = [m.groups() for m in map(count.pattern.search, texts) if m]
+    numbers = [tuple(int(g) for g in groups) for groups in matches if all(g is not None and g.isdigit() for g in groups)]
     if count.pattern.groups == 1:
         return max(n[0] for n in numbers) + 1 if numbers else 0
     per: dict[int, int] = {}
@@ -136,141 +155,161 @@ def count_value(count: Count, hits: Iterable[tuple[str | None, ...]]) -> int | l
     return [per.get(i, 0) for i in range(max(per) + 1)] if per else []
 
 
-# What a rule says for a parameter before any formula runs: (rule index, the match's groups),
-# (DEFAULT, ()) or (PLUGIN, (layer id,)). Layer ids are evaluated from answers once the
-# variables (``layers.count`` among them) are known, which needs the whole model walked first.
-Answer = tuple[int, tuple[Any, ...]]
+def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[str]:
+    """The canonical prefixes of the modules that hold parameters, cut to ``depth`` components:
+    a module that deep stands for its subtree and is not walked into."""
+    strip = frozenset(strip)
+    leads = tuple(lead for lead in strip if "." in lead)
+    found: set[str] = set()
+    seen: set[Any] = set()
+    stack: list[tuple[Any, str]] = [(model, "")]
+    while stack:
+        module, cprefix = stack.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        if not walks_like_module(type(module)):  # its own named_modules decides what is in the model
+            return {".".join(c.split(".")[:depth]) for _, c, params, _, _ in _collect_through_named_modules(model, strip) if c and params}
+        if leads and cprefix.startswith(leads):
+            cprefix = canonical_name(cprefix, strip)
+        if cprefix and cprefix.count(".") + 1 >= depth:
+            if _holds_parameters(module):
+                found.add(cprefix)
+            continue
+        if cprefix and module._parameters:
+            found.add(cprefix)
+        dot = cprefix + "." if cprefix else ""
+        stack += [(child, cprefix if name in strip else dot + name) for name, child in module._modules.items() if child is not None]
+    return found
+
+
+def _holds_parameters(module: Any) -> bool:
+    stack = [module]
+    while stack:
+        module = stack.pop()
+        if module._parameters:
+            return True
+        stack += [child for child in module._modules.values() if child is not None]
+    return False
+
+
+def _join(prefix: str, leaf: str) -> str:
+    return f"{prefix}.{leaf}" if prefix else leaf
+
+
+# What the rules give one module's parameters: (layer id, rule index), None when nothing places
+# them, or a function of a parameter's canonical name when the answer depends on more than the prefix.
+Answer = tuple[int, int]
 Resolution = Union[Answer, None, Callable[[str], Union[Answer, None]]]
+# (resolution, final): final when every module below gets the same resolution.
+ModuleState = tuple[Resolution, bool]
 
-
-class ModuleState(NamedTuple):
-    """What ``LayerIdentifier.for_module`` learns at one module prefix."""
-
-    answer: Resolution  # for the module's own parameters; a function of the full name when it depends on it
-    final: bool  # every module below gets the same answer and the same prefix count matches
-    counts: tuple[tuple[str | None, ...] | None, ...]  # groups each prefix ``layers.count`` regex matched
+_CACHE_LIMIT = 65_536  # distinct (rule, groups) layer ids kept; beyond it the cache starts again
 
 
 class LayerIdentifier:
-    """Maps canonical names to answers with the first rule that matches, else the plugin ids or the default.
+    """Maps canonical names to layer ids with the first rule that matches, else the plugin ids, else the default.
 
-    Matching and evaluating are separate: ``for_module``/``identify`` return answers while the
-    model is walked, ``bind(env)`` then supplies the variables and ``layer_id`` evaluates each
-    distinct answer once (the thousands of parameters of one block share a single evaluation).
+    Formulas run once per distinct (rule, named groups) pair: the thousands of parameters of one
+    block share a single evaluation.
     """
 
     def __init__(
-        self, rules: Sequence[LayerRule], default: Located | None, counts: Sequence[Count] = (), plugin_ids: Mapping[str, int] | None = None
+        self, rules: Sequence[LayerRule], default: Located | None, env: Mapping[str, Any], plugin_ids: Mapping[str, int] | None = None
     ) -> None:
         self.rules = rules
-        self.default = default
         self.plugin_ids = plugin_ids or {}
-        self.env: dict[str, Any] = {}
+        self.env = dict(env)
         self.used = [False] * len(rules)
         self._searches = [rule.pattern.search for rule in rules]
-        self._scopes = [match_scope(rule.pattern) for rule in rules]
-        self._dots = [prefix_dots(rule.pattern) for rule in rules]
+        # (index, search, reads the full name, dots read) of each rule a module prefix can match
+        self._module_rules = [
+            (index, rule.pattern.search, match_scope(rule.pattern) == NAME, prefix_dots(rule.pattern))
+            for index, rule in enumerate(rules)
+            if match_scope(rule.pattern) != ROOT
+        ]
+        self._envs = [self.env if not rule.pattern.groupindex else dict(self.env) for rule in rules]
         self._named = [tuple((name, index - 1) for name, index in rule.pattern.groupindex.items()) for rule in rules]
-        self._ids: dict[Answer, int] = {}
-        self.prefix_counts = [c for c in counts if match_scope(c.pattern) == PREFIX]
-        self._count_searches = [c.pattern.search for c in self.prefix_counts]
-        self._count_dots = max((prefix_dots(c.pattern) for c in self.prefix_counts), default=0)
-        self.name_counts = [c for c in counts if match_scope(c.pattern) != PREFIX]  # run per parameter name
-        self._fallback: Answer | None = (DEFAULT, ()) if default is not None else None
+        self._cache: dict[tuple[int, tuple[str | None, ...]], int] = {}
+        self._default = (self._evaluate(default.formula, self.env, default.path, default.origin), DEFAULT) if default else None
 
     def for_module(self, prefix: str) -> ModuleState:
-        """The answer for the parameters of the module at canonical ``prefix``, whether it holds
-        for the whole subtree, and the prefix counts' matches.
+        """What ``identify`` gives the parameters of the module at canonical ``prefix``, and whether
+        every module below it gets the same answer.
 
-        The answer is fixed for the subtree when every rule consulted reads no further than this
-        prefix (``PREFIX`` rules with no more dots than it, ``ROOT`` rules), and so are the counts
-        when no prefix count reads further: one evaluation then serves a whole block.
+        The answer holds for the whole subtree when every rule consulted reads no further than
+        this prefix (``PREFIX`` rules with no more dots than it, ``ROOT`` rules): one evaluation
+        then serves a whole block.
         """
         if not prefix:
-            return ModuleState(self.identify, False, ())
+            return self.identify, False
         depth = prefix.count(".") + 1
         probe = prefix + "."
-        counts = tuple(found.groups() if found else None for found in (search(probe) for search in self._count_searches)) if self._count_searches else ()
-        pending: list[int] = []
-        winner: int | None = None
-        found: re.Match[str] | None = None
-        final = self._count_dots <= depth
-        for index, search in enumerate(self._searches):
-            scope = self._scopes[index]
-            if scope == ROOT:
-                continue  # cannot match a name inside a module
-            if scope == NAME:
-                pending.append(index)
+        final = True
+        pending: list[int] | None = None
+        for index, search, by_name, dots in self._module_rules:
+            if by_name:
+                pending = [index] if pending is None else [*pending, index]
                 continue
             found = search(probe)
             if found is not None:
-                winner = index
-                break
-            final = final and self._dots[index] <= depth
-        if not pending:
-            if winner is None:
-                if self.plugin_ids:
-                    return ModuleState(self._after_rules, False, counts)
-                return ModuleState(self._fallback, final, counts)
-            self.used[winner] = True
-            return ModuleState((winner, found.groups()), final, counts)  # type: ignore[union-attr]
+                if pending is None:
+                    self.used[index] = True
+                    return (self._layer_id(index, found.groups(), probe), index), final
+                return self._by_name(pending, (index, found.groups(), probe)), False
+            if dots > depth:
+                final = False
+        if pending is not None:
+            return self._by_name(pending, None), False
+        if self.plugin_ids:
+            return self._after_rules, False
+        return self._default, final
+
+    def _by_name(self, pending: list[int], won: tuple[int, tuple[str | None, ...], str] | None) -> Callable[[str], Answer | None]:
+        """The answer for a module whose name-reading rules come before the prefix rule that won (if any)."""
         checks = [(index, self._searches[index]) for index in pending]
-        won = None if winner is None else (winner, found.groups())  # type: ignore[union-attr]
 
         def resolve_one(name: str) -> Answer | None:
             for index, search in checks:
                 match = search(name)
                 if match is not None:
                     self.used[index] = True
-                    return index, match.groups()
+                    return self._layer_id(index, match.groups(), name), index
             if won is not None:
                 self.used[won[0]] = True
-                return won
+                return self._layer_id(*won), won[0]
             return self._after_rules(name)
 
-        return ModuleState(resolve_one, False, counts)
+        return resolve_one
 
     def identify(self, name: str) -> Answer | None:
-        """The answer for one canonical name: rules first, then plugin ids, then the default."""
+        """``(layer_id, rule index, PLUGIN or DEFAULT)`` for ``name``: rules first, then plugin ids, then the default."""
         for index, search in enumerate(self._searches):
             match = search(name)
             if match is not None:
                 self.used[index] = True
-                return index, match.groups()
+                return self._layer_id(index, match.groups(), name), index
         return self._after_rules(name)
 
     def _after_rules(self, name: str) -> Answer | None:
         plugin_id = self.plugin_ids.get(name)
         if plugin_id is not None:
-            return PLUGIN, (plugin_id,)
-        return self._fallback
+            return plugin_id, PLUGIN
+        return self._default
 
-    def bind(self, env: Mapping[str, Any]) -> None:
-        """The variables formulas see; answers evaluated before are forgotten."""
-        self.env = dict(env)
-        self._ids.clear()
-
-    def layer_id(self, answer: Answer, name: str = "") -> int:
-        """The layer id of ``answer``, evaluated once per distinct answer; ``name`` is for error messages."""
-        layer_id = self._ids.get(answer)
-        if layer_id is not None:
-            return layer_id
-        index, groups = answer
-        if index == PLUGIN:
-            layer_id = groups[0]
-        elif index == DEFAULT:
-            default = self.default
-            assert default is not None
-            layer_id = self._evaluate(default.formula, self.env, default.path, default.origin)
-        else:
+    def _layer_id(self, index: int, groups: tuple[str | None, ...], name: str) -> int:
+        """The id rule ``index`` gives for a match with ``groups``, its formula evaluated once per distinct groups."""
+        key = (index, groups)
+        layer_id = self._cache.get(key)
+        if layer_id is None:
             rule = self.rules[index]
-            env = self.env
-            if self._named[index]:
-                env = dict(env)
-                for group_name, position in self._named[index]:
-                    env[group_name] = _as_int(groups[position])
+            env = self._envs[index]
+            for group_name, position in self._named[index]:
+                env[group_name] = _as_int(groups[position])
             layer_id = self._evaluate(rule.layer, env, rule.path + ".layer", rule.origin, name)
-        self._ids[answer] = layer_id
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = layer_id
         return layer_id
 
     @staticmethod
@@ -310,9 +349,6 @@ def collect_modules(model: Any, strip: Collection[str]) -> list[ModuleEntry]:
     module class that overrides ``named_modules`` or ``named_parameters`` is walked through
     ``named_modules()`` instead, so such overrides are honoured.
     """
-    from torch import nn
-
-    standard = (nn.Module.named_modules, nn.Module.named_parameters)
     strip = frozenset(strip)
     leads = tuple(lead for lead in strip if "." in lead)  # leading prefixes, e.g. PEFT's base_model.model
     out: list[ModuleEntry] = []
@@ -324,7 +360,7 @@ def collect_modules(model: Any, strip: Collection[str]) -> list[ModuleEntry]:
             continue
         seen.add(id(module))
         kind = type(module)
-        if (kind.named_modules, kind.named_parameters) != standard:
+        if not walks_like_module(kind):
             return _collect_through_named_modules(model, strip)
         index = len(out)
         if leads and cprefix.startswith(leads):
@@ -353,6 +389,15 @@ def _collect_through_named_modules(model: Any, strip: Collection[str]) -> list[M
         index_of[prefix] = len(out)
         out.append((prefix, canonical(prefix), module._parameters, parent, type(module)))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def walks_like_module(kind: type) -> bool:
+    """Whether a module class walks its children like ``nn.Module`` (overrides neither
+    ``named_modules`` nor ``named_parameters``), so an explicit walk lists what they would."""
+    from torch import nn
+
+    return kind.named_modules is nn.Module.named_modules and kind.named_parameters is nn.Module.named_parameters
 
 
 @functools.lru_cache(maxsize=4096)

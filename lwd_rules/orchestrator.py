@@ -25,8 +25,9 @@ from lwd_rules.identify import (
     canonical_name,
     canonicalizer,
     class_names,
+    walks_like_module,
     collect_modules,
-    count_value,
+    count_variables,
 )
 from lwd_rules.plan import Convention, ParamRow, Plan, Skipped
 from lwd_rules.expr import parse_formula
@@ -266,29 +267,26 @@ class _Resolver:
 
     def run(self) -> Plan:
         rules, config = self.rules, self.rules.config
-        env = self._plugin_variables()
+        env = self._variables()
+        if rules.num_layers is not None:
+            env["num_layers"] = self._num_layers(env)
         plugin_ids = self._plugin_ids() if config.layers.ids_from_plugins else None
-        identifier = LayerIdentifier(rules.rules, rules.default, rules.counts, plugin_ids)
+        identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
         walk = _Walk(self, identifier)
         if not walk.run(self.model):  # a class with its own named_modules: walk that instead
-            identifier = LayerIdentifier(rules.rules, rules.default, rules.counts, plugin_ids)
+            identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
             walk = _Walk(self, identifier)
             walk.run_listed(self.model)
         walk.done()
         if walk.renamed:
             self._check_collisions(collect_modules(self.model, rules.strip_components))
-        env.update(walk.count_values())
-        if rules.num_layers is not None:
-            env["num_layers"] = self._num_layers(env)
-        identifier.bind(env)
         if walk.unmatched:
             where = rules.rules[0].origin if rules.rules else self.top
             unmatched = [canon_name for _, canon_name in walk.unmatched]
             self.report(None, Problem(where, "layers.default", f"{len(unmatched)} parameter(s) match no rule and layers.default is not set: {_listing(unmatched)}"))
             self.fail_if_problems()
-        walk.settle()
         if "num_layers" not in env:  # N = highest id - 1, frozen parameters included so freezing shifts nothing
-            frozen_ids = [identifier.layer_id(answer) for answer in walk.frozen_answers]
+            frozen_ids = (answer[0] for answer in walk.frozen_answers)
             override_ids = (layer_id for _, layer_id in walk.override_frozen)
             env["num_layers"] = max(max([*(key[0] for key in walk.keys), *frozen_ids, *override_ids], default=1) - 1, 0)
         num_layers = env["num_layers"]
@@ -353,8 +351,8 @@ class _Resolver:
                     self.problems.append(Problem(self.top, "names.strip_components", f"{other!r} and {name!r} both become {canon!r} once wrapper components are removed"))
         self.fail_if_problems()
 
-    def _plugin_variables(self) -> dict[str, Any]:
-        """``layers.variables`` from the ``lwd_layer_variables`` hook (the ``layers.count`` ones come from the walk)."""
+    def _variables(self) -> dict[str, Any]:
+        """``layers.variables`` from the ``lwd_layer_variables`` hook, and the ``layers.count`` ones."""
         rules = self.rules
         env: dict[str, Any] = {}
         if rules.config.layers.variables:
@@ -367,6 +365,8 @@ class _Resolver:
                 location = next((raw.locate(("layers", "variables")) for raw, _ in reversed(rules.chain) if "variables" in raw.data.get("layers", {})), where.locate(()))
                 message = f"no plugin provided {', '.join(map(repr, missing))} for rule set {asked!r} and {type(self.bare).__name__}"
                 self.problems.append(Problem(location, "layers.variables", message + self._failures_since(seen)))
+        if rules.counts:
+            env.update(count_variables(rules.counts, self.model, rules.strip_components))
         self.fail_if_problems()
         return env
 
@@ -508,15 +508,15 @@ def _tail_needed(text: str) -> int | None:
 
 
 class _Walk:
-    """The one pass over the model: each trainable parameter's answer, weight decay and overrides,
-    collected by key.
+    """The one pass over the model: each trainable parameter's layer id, weight decay and
+    overrides, collected by key.
 
     Modules are visited in ``named_modules()`` order with an explicit stack; a module whose answer
-    holds for its whole subtree (``ModuleState.final``) passes it to its children, so a block's
-    rules run once. Weight decay is looked up per (tail, leaf name, ndim, module class) when the
-    exclude entries look at nothing else. No per-parameter name is built on this path: names are
-    made again by ``rows()`` when a report or ``plan.params`` asks for them, which keeps the walk
-    near the cost and below the memory of ``named_parameters()`` itself.
+    holds for its whole subtree (``LayerIdentifier.for_module``) passes it to its children, so a
+    block's rules run once. Weight decay is looked up per (tail, leaf name, ndim, module class)
+    when the exclude entries look at nothing else. No per-parameter name is built on this path:
+    ``rows()`` makes them again when a report or ``plan.params`` asks, which keeps the walk near
+    the cost and below the memory of ``named_parameters()`` itself.
     """
 
     def __init__(self, resolver: _Resolver, identifier: LayerIdentifier) -> None:
@@ -532,21 +532,18 @@ class _Walk:
         tails = [_tail_needed(e.text) for e in self.exclusions]
         self.cacheable = not self.overrides and not self.no_wd.globs and None not in tails
         self.tail = max((t for t in tails if t is not None), default=0)
-        self.keys: list[tuple[Any, ...]] = []  # (answer, weight decay, lr_mult); after settle(): (layer id, rule index, weight decay, lr_mult)
+        self.keys: list[tuple[int, int, float, float]] = []  # (layer id, rule index, weight decay, lr_mult)
         self.members: list[list[Any]] = []
-        self.examples: list[str] = []  # a canonical name of each key, for error messages
         self.frozen: list[str] = []
         self.frozen_answers: set[Answer] = set()
         self.unmatched: list[tuple[str, str]] = []
-        self.override_frozen: list[tuple[str, Any]] = []  # (name, answer; its layer id after settle())
+        self.override_frozen: list[tuple[str, int]] = []  # (name, layer id)
         self.exclusion_used = [False] * len(self.exclusions)
         self.override_used = [False] * len(self.overrides)
         self.conflicts: dict[tuple[int, int, str], list[str]] = {}
-        self.prefix_hits: list[set[tuple[str | None, ...]]] = [set() for _ in identifier.prefix_counts]
-        self.name_hits: list[set[tuple[str | None, ...]]] = [set() for _ in identifier.name_counts]
         self.renamed = False  # some prefix lost a wrapper component: names may collide
         self._seen: set[int] = set()
-        self._key_index: dict[tuple[Any, float, float], int] = {}
+        self._key_index: dict[tuple[Answer, float, float], int] = {}
         self._wd_cache: dict[tuple[str, str, int, type], float] = {}
         self._no_wd_leaves: dict[str, set[str]] = {}  # model.no_weight_decay() names, by canonical module prefix
         for name in self.no_wd.exact:
@@ -556,21 +553,18 @@ class _Walk:
     def run(self, model: Any) -> bool:
         """Walk ``model`` with an explicit stack; False (and nothing usable) when a module class
         overrides ``named_modules``/``named_parameters``: ``run_listed`` then honours it."""
-        from torch import nn
-
-        standard = (nn.Module.named_modules, nn.Module.named_parameters)
-        checked: set[type] = set()
         strip = self.strip
         leads = tuple(lead for lead in strip if "." in lead)  # leading prefixes, e.g. PEFT's base_model.model
         for_module = self.identifier.for_module
-        prefix_hits = self.prefix_hits if self.prefix_hits else None
-        fast = self.cacheable and self.claim is None and not self.name_hits
+        fast = self.cacheable and self.claim is None
         tail, stub_of = self.tail, self._stub
         seen, seen_add = self._seen, self._seen.add
         wd_cache, key_index, members = self._wd_cache, self._key_index, self.members
         no_wd_leaves = self._no_wd_leaves
+        checked: set[type] = set()
         seen_modules: set[Any] = set()
-        last_counted: ModuleState | None = None
+        bucket_answer: Answer | None = None
+        bucket: dict[float, list[Any]] = {}  # weight decay -> members, for bucket_answer
         stack: list[tuple[Any, str, str, ModuleState | None]] = [(model, "", "", None)]
         pop, push = stack.pop, stack.append
         while stack:
@@ -580,7 +574,7 @@ class _Walk:
             seen_modules.add(module)
             kind = type(module)
             if kind not in checked:
-                if (kind.named_modules, kind.named_parameters) != standard:
+                if not walks_like_module(kind):
                     return False
                 checked.add(kind)
             if leads and cprefix.startswith(leads):
@@ -589,11 +583,10 @@ class _Walk:
                 state = for_module(cprefix)
             params = module._parameters
             if params:
-                if prefix_hits is not None and cprefix and state is not last_counted:
-                    self._count(state)
-                    last_counted = state
-                answer = state.answer
+                answer = state[0]
                 if fast and answer is not None and not callable(answer):
+                    if answer is not bucket_answer:
+                        bucket_answer, bucket = answer, {}
                     module_no_wd = no_wd_leaves.get(cprefix, ()) if no_wd_leaves else ()
                     stub = stub_of(cprefix) if tail else ("x." if cprefix else "")
                     for leaf, param in params.items():  # the common case: nothing here needs the full name
@@ -610,19 +603,20 @@ class _Walk:
                         if leaf in module_no_wd:
                             wd = 0.0
                         else:
-                            wd_key = (stub, leaf, param.ndim, kind)
+                            wd_key = (stub, leaf, param.dim(), kind)
                             wd = wd_cache.get(wd_key)  # type: ignore[assignment]
                             if wd is None:
                                 wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], class_names(kind), mark_all=True)
-                        k = key_index.get((answer, wd, 1.0))
-                        if k is None:
-                            k = self._key(answer, wd, 1.0, _join(cprefix, leaf))
-                        members[k].append(param)
+                        target = bucket.get(wd)
+                        if target is None:
+                            k = key_index.get((answer, wd, 1.0))
+                            target = bucket[wd] = members[self._key(answer, wd, 1.0) if k is None else k]
+                        target.append(param)
                 else:
                     self._params(params, prefix, cprefix, answer, kind)
             children = module._modules
             if children:
-                inherited = state if state.final else None
+                inherited = state if state[1] else None
                 dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
                 if dot == cdot and strip.isdisjoint(children):  # nothing renamed: share the strings
                     for name, child in reversed(children.items()):
@@ -638,40 +632,30 @@ class _Walk:
 
     def run_listed(self, model: Any) -> None:
         """The walk through ``model.named_modules()``, for models with a class that overrides it."""
-        strip = self.strip
-        canonical = canonicalizer(strip)
+        canonical = canonicalizer(self.strip)
         states: dict[str, tuple[str, ModuleState]] = {}  # prefix -> (canonical prefix, state)
         for prefix, module in model.named_modules():
             cprefix = canonical(prefix)
             self.renamed = self.renamed or cprefix != prefix
             parent = states.get(prefix.rpartition(".")[0]) if prefix else None
-            inherit = parent is not None and parent[1].final and _extends(cprefix, parent[0])
+            inherit = parent is not None and parent[1][1] and _extends(cprefix, parent[0])
             state = parent[1] if inherit else self.identifier.for_module(cprefix)  # type: ignore[index]
             states[prefix] = (cprefix, state)
-            params = module._parameters
-            if params:
-                if self.prefix_hits and cprefix:
-                    self._count(state)
-                self._params(params, prefix, cprefix, state.answer, type(module))
+            if module._parameters:
+                self._params(module._parameters, prefix, cprefix, state[0], type(module))
 
     def _params(self, params: Mapping[str, Any], prefix: str, cprefix: str, answer: Resolution, kind: type) -> None:
         """One module's own parameters, for everything the fast path leaves out: answers that
-        depend on the full name, overrides, chains, name-reading exclude entries and counts."""
+        depend on the full name, overrides, chains and exclude entries that read the name."""
         seen = self._seen
         kinds = class_names(kind)
         stub = self._stub(cprefix)
         claim = self.claim
         for leaf, param in params.items():
-            if param is None:
-                continue
-            name, cname = _join(prefix, leaf), _join(cprefix, leaf)
-            for hits, count in zip(self.name_hits, self.identifier.name_counts):
-                found_count = count.pattern.search(cname)
-                if found_count is not None:
-                    hits.add(found_count.groups())
-            if id(param) in seen:
+            if param is None or id(param) in seen:
                 continue
             seen.add(id(param))
+            name, cname = _join(prefix, leaf), _join(cprefix, leaf)
             if claim is not None and not claim(cname):
                 continue  # another chain's parameter
             found = answer(cname) if callable(answer) else answer
@@ -688,56 +672,22 @@ class _Walk:
             if self.overrides:
                 mult, wd, frozen = self._apply_overrides(cname, wd)
                 if frozen:
-                    self.override_frozen.append((name, found))
+                    self.override_frozen.append((name, found[0]))
                     continue
             k = self._key_index.get((found, wd, mult))
-            if k is None:
-                k = self._key(found, wd, mult, cname)
-            self.members[k].append(param)
+            self.members[self._key(found, wd, mult) if k is None else k].append(param)
 
     def done(self) -> None:
         """Drop what only the walk needed (the set of every parameter's id)."""
         self._seen = set()
         self._wd_cache.clear()
 
-    def _count(self, state: ModuleState) -> None:
-        for hits, groups in zip(self.prefix_hits, state.counts):
-            if groups is not None:
-                hits.add(groups)
-
-    def count_values(self) -> dict[str, int | list[int]]:
-        """The ``layers.count`` variables, from the matches the walk saw."""
-        identifier = self.identifier
-        pairs = [*zip(identifier.prefix_counts, self.prefix_hits), *zip(identifier.name_counts, self.name_hits)]
-        return {count.name: count_value(count, hits) for count, hits in pairs}
-
-    def _key(self, answer: Any, wd: float, mult: float, example: str) -> int:
-        """A new (answer, weight decay, lr_mult) key; returns its index."""
-        self._key_index[(answer, wd, mult)] = len(self.keys)
-        self.keys.append((answer, wd, mult))
+    def _key(self, found: Answer, wd: float, mult: float) -> int:
+        """A new (layer id, rule index, weight decay, lr_mult) key; returns its index."""
+        self._key_index[(found, wd, mult)] = len(self.keys)
+        self.keys.append((found[0], found[1], wd, mult))
         self.members.append([])
-        self.examples.append(example)
         return len(self.keys) - 1
-
-    def settle(self) -> None:
-        """Evaluate every key's answer (the variables are bound now) and merge the keys that land
-        on the same (layer id, rule, weight decay, lr_mult), keeping first-seen order."""
-        layer_id = self.identifier.layer_id
-        merged: dict[tuple[int, int, float, float], int] = {}
-        keys: list[tuple[Any, ...]] = []
-        members: list[list[Any]] = []
-        for (answer, wd, mult), params, example in zip(self.keys, self.members, self.examples):
-            key = (layer_id(answer, example), answer[0], wd, mult)
-            index = merged.get(key)
-            if index is None:
-                merged[key] = len(keys)
-                keys.append(key)
-                members.append(params)
-            else:
-                members[index] += params
-        self.keys, self.members, self.examples = keys, members, []
-        self._key_index.clear()
-        self.override_frozen = [(name, layer_id(answer, name)) for name, answer in self.override_frozen]
 
     def rows(self, wanted: Collection[int] | None = None) -> Iterator[tuple[str, str, Any, int]]:
         """``(name, canonical name, tensor, key index)`` of the grouped parameters (of the keys in
