@@ -555,6 +555,7 @@ class _Walk:
         overrides ``named_modules``/``named_parameters``: ``run_listed`` then honours it."""
         strip = self.strip
         leads = tuple(lead for lead in strip if "." in lead)  # leading prefixes, e.g. PEFT's base_model.model
+        renamers = strip | {lead.rpartition(".")[2] for lead in leads}  # child names that may change a prefix
         for_module = self.identifier.for_module
         fast = self.cacheable and self.claim is None
         tail, stub_of = self.tail, self._stub
@@ -577,8 +578,6 @@ class _Walk:
                 if not walks_like_module(kind):
                     return False
                 checked.add(kind)
-            if leads and cprefix.startswith(leads):
-                cprefix, state, self.renamed = canonical_name(cprefix, strip), None, True
             if state is None:
                 state = for_module(cprefix)
             params = module._parameters
@@ -588,7 +587,7 @@ class _Walk:
                     if answer is not bucket_answer:
                         bucket_answer, bucket = answer, {}
                     module_no_wd = no_wd_leaves.get(cprefix, ()) if no_wd_leaves else ()
-                    stub = stub_of(cprefix) if tail else ("x." if cprefix else "")
+                    stub = stub_of(cprefix) if tail else ("x." if cprefix else "")  # see _stub
                     for leaf, param in params.items():  # the common case: nothing here needs the full name
                         if param is None:
                             continue
@@ -618,17 +617,29 @@ class _Walk:
             if children:
                 inherited = state if state[1] else None
                 dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
-                if dot == cdot and strip.isdisjoint(children):  # nothing renamed: share the strings
+                # Children with neither parameters nor children (activations, dropouts, identities:
+                # about half of a timm model's modules) add nothing, so they are not visited.
+                if dot == cdot and renamers.isdisjoint(children):  # nothing renamed: share the strings
                     for name, child in reversed(children.items()):
-                        if child is not None:
+                        if child is not None and (child._parameters or child._modules):
                             child_prefix = dot + name
                             push((child, child_prefix, child_prefix, inherited))
                 else:
-                    self.renamed = True
                     for name, child in reversed(children.items()):
-                        if child is not None:
-                            push((child, dot + name, cprefix if name in strip else cdot + name, inherited))
+                        if child is not None and (child._parameters or child._modules):
+                            push((child, dot + name, *self._child_prefix(cprefix, cdot, name, inherited, leads)))
         return True
+
+    def _child_prefix(self, cprefix: str, cdot: str, name: str, inherited: ModuleState | None, leads: tuple[str, ...]) -> tuple[str, ModuleState | None]:
+        """A child's canonical prefix, and the state it inherits (none once a leading prefix is cut)."""
+        if name in self.strip:
+            self.renamed = True
+            return cprefix, inherited
+        child = cdot + name
+        if leads and child.startswith(leads):
+            self.renamed = True
+            return canonical_name(child, self.strip), None
+        return child, inherited
 
     def run_listed(self, model: Any) -> None:
         """The walk through ``model.named_modules()``, for models with a class that overrides it."""
