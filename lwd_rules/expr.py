@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-__all__ = ["FUNCTIONS", "Formula", "FormulaError", "parse_formula"]
+__all__ = ["FUNCTIONS", "CheckedEnv", "Formula", "FormulaError", "checked_env", "parse_formula"]
 
 Value = int | float | list[int | float]
 Env = Mapping[str, object]
@@ -184,6 +184,24 @@ def _env_value(name: str, value: object) -> Value:
     return _env_number(name, value)
 
 
+class CheckedEnv(dict):  # type: ignore[type-arg]
+    """An environment whose lists were checked once (``checked_env``), so a formula evaluated
+    many times does not check them again; every other value is checked at each use."""
+
+
+def checked_env(env: Env) -> dict[str, object]:
+    """``env`` with its lists checked and normalised once, as a ``CheckedEnv``; when one fails the
+    check, a plain copy, so the formula that reads it reports the error with its location."""
+    out = CheckedEnv(env)
+    for name, value in env.items():
+        if isinstance(value, (list, tuple)):
+            try:
+                out[name] = _env_value(name, value)
+            except FormulaError:
+                return dict(env)
+    return out
+
+
 def _list(value: Value, what: str) -> list[int | float]:
     """Return ``value`` if it is a list, else raise naming the operation."""
     if value.__class__ is list:
@@ -309,6 +327,8 @@ class _Compiler:
                 raise FormulaError(f"variable {name!r} is not defined") from None
             if value.__class__ is int and -_MAX_INT <= value <= _MAX_INT:
                 return value
+            if value.__class__ is list and env.__class__ is CheckedEnv:
+                return value  # checked once, when the environment was made
             return _env_value(name, value)
 
         return _Code(run, False)

@@ -11,7 +11,7 @@ from re import _constants as _c  # the regex parser, for match_scope()
 from re import _parser
 
 from lwd_rules.errors import Problem, RuleError
-from lwd_rules.expr import FormulaError
+from lwd_rules.expr import FormulaError, checked_env
 from lwd_rules.rules.ruleset import Count, LayerRule, Located
 from lwd_rules.rules.schema import WRAPPER_COMPONENTS
 
@@ -228,7 +228,8 @@ class LayerIdentifier:
             for index, rule in enumerate(rules)
             if match_scope(rule.pattern) != ROOT
         ]
-        self._envs = [self.env if not rule.pattern.groupindex else dict(self.env) for rule in rules]
+        checked = checked_env(self.env)
+        self._envs = [checked if not rule.pattern.groupindex else type(checked)(checked) for rule in rules]
         self._named = [tuple((name, index - 1) for name, index in rule.pattern.groupindex.items()) for rule in rules]
         self._cache: dict[tuple[int, tuple[str | None, ...]], int] = {}
         self._default = (self._evaluate(default.formula, self.env, default.path, default.origin), DEFAULT) if default else None
@@ -305,7 +306,7 @@ class LayerIdentifier:
             rule = self.rules[index]
             env = self._envs[index]
             for group_name, position in self._named[index]:
-                env[group_name] = _as_int(groups[position])
+                env[group_name] = _as_int(groups[position])  # ints or None: checked at every use
             layer_id = self._evaluate(rule.layer, env, rule.path + ".layer", rule.origin, name)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()

@@ -507,6 +507,18 @@ def _tail_needed(text: str) -> int | None:
     return suffix.count(".") - (1 if suffix.startswith(".") else 0)
 
 
+def _named_components(texts: list[str]) -> frozenset[str] | None:
+    """The module names suffix globs (``*.grn.weight``) spell out; None when one starts mid-name
+    (``*grn.weight``), which any component may end with."""
+    names: set[str] = set()
+    for text in texts:
+        suffix = text.strip()[1:]
+        if not suffix.startswith("."):
+            return None
+        names.update(suffix.split(".")[1:-1])
+    return frozenset(names)
+
+
 class _Walk:
     """The one pass over the model: each trainable parameter's layer id, weight decay and
     overrides, collected by key.
@@ -532,6 +544,7 @@ class _Walk:
         tails = [_tail_needed(e.text) for e in self.exclusions]
         self.cacheable = not self.overrides and not self.no_wd.globs and None not in tails
         self.tail = max((t for t in tails if t is not None), default=0)
+        self.components = _named_components([e.text for e, t in zip(self.exclusions, tails) if t])
         self.keys: list[tuple[int, int, float, float]] = []  # (layer id, rule index, weight decay, lr_mult)
         self.members: list[list[Any]] = []
         self.frozen: list[str] = []
@@ -715,16 +728,22 @@ class _Walk:
                     yield _join(prefix, leaf), _join(cprefix, leaf), param, k
 
     def _stub(self, cprefix: str) -> str:
-        """A stand-in prefix with the same last ``self.tail`` components (``"x.grn."`` for tail 1)."""
+        """A stand-in prefix that every cacheable exclude entry answers as it answers ``cprefix``:
+        its last ``self.tail`` components, each blanked unless an entry names it (``"x.grn."`` or
+        ``"x.."`` for ``*.grn.weight``), so a block index does not make a new cache entry."""
         if not cprefix:
             return ""
         if not self.tail:
             return "x."
         if self.tail == 1:
-            head, dot, last = cprefix.rpartition(".")
+            _, dot, last = cprefix.rpartition(".")
+            if self.components is not None and last not in self.components:
+                last = ""
             return f"x.{last}." if dot else f"{last}."
         parts = cprefix.split(".")
-        kept = parts[len(parts) - self.tail :] if self.tail else []
+        kept = parts[-self.tail :]
+        if self.components is not None:
+            kept = [part if part in self.components else "" for part in kept]
         return ("x." if len(parts) > len(kept) else "") + "".join(f"{part}." for part in kept)
 
     def _weight_decay(self, name: str, ndim: int, kinds: tuple[str, ...], mark_all: bool = False) -> float:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lwd_rules.expr import FUNCTIONS, Formula, FormulaError, parse_formula
+from lwd_rules.expr import CheckedEnv, checked_env, FUNCTIONS, Formula, FormulaError, parse_formula
 
 ENV = {"depths": [2, 2, 6, 2], "stage": 2, "block": 1, "n": 5, "x": 7, "y": 2.5, "empty": []}
 
@@ -531,3 +531,16 @@ def test_evaluation_is_fast() -> None:
         formula(env)
     per_call = (time.perf_counter() - start) / runs
     assert per_call < 20e-6  # a few microseconds in practice; generous for slow CI
+
+
+def test_checked_env_checks_lists_once_and_still_reports_bad_values() -> None:
+    formula = parse_formula("sum(depths[:s]) + s")
+    env = checked_env({"depths": (3, 3, 9, 3), "s": 2})
+    assert isinstance(env, CheckedEnv) and env["depths"] == [3, 3, 9, 3]
+    assert formula(env) == 8
+    bad = checked_env({"depths": [1, "x"], "s": 1})
+    assert not isinstance(bad, CheckedEnv)  # left to the formula, which names the variable
+    with pytest.raises(FormulaError, match="variable 'depths' must be a number or a list of numbers, not str"):
+        formula(bad)
+    with pytest.raises(FormulaError, match="integer is too large"):
+        formula(CheckedEnv(depths=[1], s=10**19))  # numbers are still checked at every use
