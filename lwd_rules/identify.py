@@ -145,13 +145,14 @@ def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str])
 
 
 def _count_value(count: Count, texts: Iterable[str]) -> int | list[int]:
-    matches = [m.groups() for m in map(count.pattern.search, texts) if m]
-    numbers = [tuple(int(g) for g in groups) for groups in matches if all(g is not None and g.isdigit() for g in groups)]
+    matched = [m.groups() for m in map(count.pattern.search, texts) if m is not None]
     if count.pattern.groups == 1:
-        return max(n[0] for n in numbers) + 1 if numbers else 0
+        return max((int(g) for (g,) in matched if g is not None and g.isdigit()), default=-1) + 1
     per: dict[int, int] = {}
-    for outer, inner in numbers:
-        per[outer] = max(per.get(outer, 0), inner + 1)
+    for groups in matched:
+        if all(g is not None and g.isdigit() for g in groups):
+            outer, inner = int(groups[0]), int(groups[1])
+            per[outer] = max(per.get(outer, 0), inner + 1)
     return [per.get(i, 0) for i in range(max(per) + 1)] if per else []
 
 
@@ -162,34 +163,41 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[s
     leads = tuple(lead for lead in strip if "." in lead)
     found: set[str] = set()
     seen: set[Any] = set()
-    stack: list[tuple[Any, str]] = [(model, "")]
+    checked: set[type] = set()
+    stack: list[tuple[Any, str, int]] = [(model, "", 0)]
     while stack:
-        module, cprefix = stack.pop()
+        module, cprefix, level = stack.pop()
         if module in seen:
             continue
         seen.add(module)
-        if not walks_like_module(type(module)):  # its own named_modules decides what is in the model
-            return {".".join(c.split(".")[:depth]) for _, c, params, _, _ in _collect_through_named_modules(model, strip) if c and params}
+        kind = type(module)
+        if kind not in checked:
+            if not walks_like_module(kind):  # its own named_modules decides what is in the model
+                return {".".join(c.split(".")[:depth]) for _, c, params, _, _ in _collect_through_named_modules(model, strip) if c and params}
+            checked.add(kind)
         if leads and cprefix.startswith(leads):
             cprefix = canonical_name(cprefix, strip)
-        if cprefix and cprefix.count(".") + 1 >= depth:
-            if _holds_parameters(module):
+            level = cprefix.count(".") + 1 if cprefix else 0
+        if level >= depth:
+            if module._parameters or _holds_parameters(module):
                 found.add(cprefix)
             continue
         if cprefix and module._parameters:
             found.add(cprefix)
         dot = cprefix + "." if cprefix else ""
-        stack += [(child, cprefix if name in strip else dot + name) for name, child in module._modules.items() if child is not None]
+        stack += [(child, cprefix, level) if name in strip else (child, dot + name, level + 1) for name, child in module._modules.items() if child is not None]
     return found
 
 
 def _holds_parameters(module: Any) -> bool:
-    stack = [module]
-    while stack:
-        module = stack.pop()
-        if module._parameters:
+    """Whether ``module`` or any module below it has parameters (most blocks: a direct child)."""
+    children = module._modules.values()
+    for child in children:
+        if child is not None and child._parameters:
             return True
-        stack += [child for child in module._modules.values() if child is not None]
+    for child in children:
+        if child is not None and _holds_parameters(child):
+            return True
     return False
 
 
