@@ -314,8 +314,9 @@ class LayerIdentifier:
             rule = self.rules[index]
             env = self._envs[index]
             for group_name, position in self._named[index]:
-                env[group_name] = _as_int(groups[position])  # ints or None: checked at every use
-            layer_id = self._evaluate(rule.layer, env, rule.path + ".layer", rule.origin, name)
+                text = groups[position]
+                env[group_name] = int(text) if text is not None and text.isdigit() else _as_int(text)  # None is reported when used
+            layer_id = self._evaluate(rule.layer, env, f"{rule.path}.layer", rule.origin, name)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = layer_id

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from lwd_rules import scaling
 from lwd_rules.errors import Location, Problem, RuleError
-from lwd_rules.grouping import Grouper, Settings
+from lwd_rules.grouping import Grouper
 from lwd_rules.identify import (
     DEFAULT,
     PLUGIN,
@@ -306,7 +306,7 @@ class _Resolver:
         grouper = Grouper()
         final: list[int] = []
         for key_index, (layer_id, _, wd, mult) in enumerate(walk.keys):
-            final.append(-1 if key_index in below else grouper.add_many(walk.members[key_index], Settings(scales[layer_id] * mult, wd), layer_id))
+            final.append(-1 if key_index in below else grouper.add_many(walk.members[key_index], scales[layer_id] * mult, wd, layer_id))
         skipped = [Skipped(name, "requires_grad is False") for name in walk.frozen]
         skipped += [Skipped(name, "no rule matches") for name, _ in walk.unmatched]
         skipped += [Skipped(name, "frozen by an override") for name, _ in walk.override_frozen]
@@ -572,6 +572,7 @@ class _Walk:
         for_module = self.identifier.for_module
         fast = self.cacheable and self.claim is None
         tail, stub_of = self.tail, self._stub
+        blanks = self.components if tail == 1 else None
         seen, seen_add = self._seen, self._seen.add
         wd_cache, key_index, members = self._wd_cache, self._key_index, self.members
         no_wd_leaves = self._no_wd_leaves
@@ -600,7 +601,15 @@ class _Walk:
                     if answer is not bucket_answer:
                         bucket_answer, bucket = answer, {}
                     module_no_wd = no_wd_leaves.get(cprefix, ()) if no_wd_leaves else ()
-                    stub = stub_of(cprefix) if tail else ("x." if cprefix else "")  # see _stub
+                    if not cprefix:  # as _stub() gives, inline for the common cases
+                        stub = ""
+                    elif not tail:
+                        stub = "x."
+                    elif blanks is not None:
+                        last = cprefix[cprefix.rfind(".") + 1 :]
+                        stub = ("x." if "." in cprefix else "") + (last if last in blanks else "") + "."
+                    else:
+                        stub = stub_of(cprefix)
                     for leaf, param in params.items():  # the common case: nothing here needs the full name
                         if param is None:
                             continue
