@@ -345,10 +345,16 @@ class _Compiler:
             _exponent(right.run(_EMPTY_ENV))
         left_run, right_run = left.run, right.run
         check_exponent = op_type is ast.Pow
+        int_closed = op_type in (ast.Add, ast.Sub, ast.Mult)  # int op int is an int: only its size to check
 
         def run(env: Env) -> Value:
             a = left_run(env)
             b = right_run(env)
+            if int_closed and a.__class__ is int and b.__class__ is int:
+                result = op(a, b)
+                if -_MAX_INT <= result <= _MAX_INT:
+                    return result
+                raise FormulaError("integer is too large (limit 10**18)")
             if a.__class__ is list or b.__class__ is list:
                 raise FormulaError(f"cannot apply '{symbol}' to a list")
             if check_exponent:

@@ -185,7 +185,9 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[s
         if cprefix and module._parameters:
             found.add(cprefix)
         dot = cprefix + "." if cprefix else ""
-        stack += [(child, cprefix, level) if name in strip else (child, dot + name, level + 1) for name, child in module._modules.items() if child is not None]
+        stack += [  # reversed: popped in named_modules() order, so a shared module counts where it first appears
+            (child, cprefix, level) if name in strip else (child, dot + name, level + 1) for name, child in reversed(module._modules.items()) if child is not None
+        ]
     return found
 
 

@@ -1,0 +1,196 @@
+"""The model walk behind resolve(): counts, shared and empty modules, models that list their own
+modules, weight-decay caching by module name, and plan.params rebuilt on demand.
+
+Every expectation is written out by hand from the model's structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn as nn
+
+from lwd_rules import load_rules, resolve
+from lwd_rules.plugins import new_registry
+
+COUNTED = {
+    "layers": {
+        "count": {"blocks": r"^blocks\.(\d+)\."},
+        "num_layers": "blocks",
+        "rules": [{"match": r"^blocks\.(?P<i>\d+)\.", "layer": "i + 1"}],
+        "default": "num_layers + 1",
+    },
+    "layer_decay": {"rate": 0.5},
+    "weight_decay": {"value": 0.1, "exclude": [{"pattern": "ndim<=1", "allow_unused": True}]},
+}
+
+
+def run(model: nn.Module, rules: dict, **kwargs) -> dict[str, tuple[int, float, float]]:
+    plan = resolve(model, load_rules(rules, registry=new_registry()), registry=new_registry(), **kwargs)
+    return {row.name: (row.layer_id, row.lr_scale, row.weight_decay) for row in plan.params}
+
+
+class Deep(nn.Module):
+    """A block whose only parameters are two levels down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.ReLU(), nn.Sequential(nn.Linear(2, 2, bias=False)))
+
+
+def test_counts_see_blocks_whose_parameters_are_deep_and_skip_blocks_without_any():
+    model = nn.Module()
+    model.blocks = nn.ModuleList([Deep(), nn.ReLU(), Deep(), nn.Identity()])  # blocks.1 and .3 hold nothing
+    model.head = nn.Linear(2, 1, bias=False)
+    rows = run(model, COUNTED)
+    # blocks = 3 (blocks.2 is the highest block with a parameter), so N = 3 and the head is layer 4.
+    assert rows == {
+        "blocks.0.inner.1.0.weight": (1, 0.5**3, 0.1),
+        "blocks.2.inner.1.0.weight": (3, 0.5**1, 0.1),
+        "head.weight": (4, 1.0, 0.1),
+    }
+
+
+def test_a_module_shared_by_several_blocks_counts_where_it_first_appears():
+    shared = nn.Linear(2, 2, bias=False)
+    model = nn.Module()
+    model.blocks = nn.ModuleList([shared, shared, shared])  # named_modules() lists it once, as blocks.0
+    model.head = nn.Linear(2, 1, bias=False)
+    assert run(model, COUNTED) == {"blocks.0.weight": (1, 0.5, 0.1), "head.weight": (2, 1.0, 0.1)}
+
+
+class Flattening(nn.Module):
+    """Overrides named_parameters the way FSDP (1) does, to hide its wrapper component."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self._fsdp_wrapped_module = inner
+
+    def named_parameters(self, *args, **kwargs) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, param in super().named_parameters(*args, **kwargs):
+            yield name.replace("_fsdp_wrapped_module.", ""), param
+
+
+def blocks_model(depth: int = 3) -> nn.Module:
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Linear(2, 2) for _ in range(depth)])
+    model.head = nn.Linear(2, 1)
+    return model
+
+
+def test_a_model_with_its_own_named_parameters_resolves_like_the_bare_model():
+    bare = blocks_model()
+    wrapped = Flattening(bare)
+    expected = {  # blocks = 3: block i -> i + 1, head -> 4; biases without decay
+        **{f"blocks.{i}.weight": (i + 1, 0.5 ** (3 - i), 0.1) for i in range(3)},
+        **{f"blocks.{i}.bias": (i + 1, 0.5 ** (3 - i), 0.0) for i in range(3)},
+        "head.weight": (4, 1.0, 0.1),
+        "head.bias": (4, 1.0, 0.0),
+    }
+    assert run(bare, COUNTED) == expected
+    rows = run(wrapped, COUNTED)
+    assert rows == {f"_fsdp_wrapped_module.{name}": value for name, value in expected.items()}
+    registry = new_registry()
+    rules = load_rules(COUNTED, registry=registry)
+    assert resolve(wrapped, rules, registry=registry).fingerprint() == resolve(bare, rules, registry=registry).fingerprint()
+
+
+def test_modules_without_parameters_or_children_change_nothing():
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Sequential(nn.ReLU(), nn.Linear(2, 2, bias=False), nn.Dropout()) for _ in range(2)])
+    model.act = nn.GELU()
+    model.head = nn.Linear(2, 1, bias=False)
+    assert run(model, COUNTED) == {
+        "blocks.0.1.weight": (1, 0.25, 0.1),
+        "blocks.1.1.weight": (2, 0.5, 0.1),
+        "head.weight": (3, 1.0, 0.1),
+    }
+
+
+class GrnBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.grn = nn.Linear(2, 2)
+        self.mygrn = nn.Linear(2, 2, bias=False)
+        self.fc = nn.Linear(2, 2, bias=False)
+
+
+def grn_model() -> nn.Module:
+    model = nn.Module()
+    model.grn = nn.Linear(2, 2, bias=False)  # top level: "grn.weight" has no dot before grn
+    model.blocks = nn.ModuleList([GrnBlock() for _ in range(2)])
+    return model
+
+
+@pytest.mark.parametrize(
+    ("exclude", "without_decay"),
+    [
+        # A suffix glob reads the module's own name: only blocks.i.grn.weight, not the top-level grn.
+        (["*.grn.weight"], {"blocks.0.grn.weight", "blocks.1.grn.weight"}),
+        # A glob that starts mid-name matches any module name ending in "grn", the top level too.
+        (["*grn.weight"], {"grn.weight", "blocks.0.grn.weight", "blocks.1.grn.weight", "blocks.0.mygrn.weight", "blocks.1.mygrn.weight"}),
+        (["*.bias"], {"blocks.0.grn.bias", "blocks.1.grn.bias"}),
+    ],
+)
+def test_weight_decay_globs_read_module_names_whatever_the_block_index(exclude, without_decay):
+    rules = {
+        "layers": {"num_layers": 2, "rules": [{"match": r"^blocks\.(?P<i>\d+)\.", "layer": "i + 1"}], "default": 0},
+        "layer_decay": {"rate": 0.5},
+        "weight_decay": {"value": 0.1, "exclude": exclude},
+    }
+    rows = run(grn_model(), rules)
+    assert {name for name, (_, _, wd) in rows.items() if wd == 0.0} == without_decay
+    assert all(wd == 0.1 for name, (_, _, wd) in rows.items() if name not in without_decay)
+
+
+def test_plan_params_after_the_model_changed_is_an_error_not_a_wrong_list():
+    model = blocks_model()
+    registry = new_registry()
+    plan = resolve(model, load_rules(COUNTED, registry=registry), registry=registry)
+    model.head = nn.Linear(2, 1)  # new tensors: the plan's groups no longer hold the model's parameters
+    with pytest.raises(RuntimeError, match=r"changed after resolve\(\)"):
+        list(plan.params)
+
+
+def test_plan_params_is_built_once_and_keeps_the_model_order():
+    model = blocks_model(2)
+    registry = new_registry()
+    plan = resolve(model, load_rules(COUNTED, registry=registry), registry=registry)
+    names = [row.name for row in plan.params]
+    assert names == [name for name, _ in model.named_parameters()]
+    assert plan.params.tensors() == [param for _, param in model.named_parameters()]  # type: ignore[attr-defined]
+    model.head = nn.Linear(2, 1)  # once built, the rows are the plan's own
+    assert [row.name for row in plan.params] == names
+
+
+def test_frozen_parameters_keep_their_layer_in_num_layers():
+    model = blocks_model(3)
+    for param in model.blocks[2].parameters():
+        param.requires_grad_(False)
+    rules = {**COUNTED, "layers": {k: v for k, v in COUNTED["layers"].items() if k not in ("count", "num_layers")}}
+    rules["layers"]["default"] = 9  # the head sits above every block; N = max id - 1
+    registry = new_registry()
+    plan = resolve(model, load_rules(rules, registry=registry), registry=registry)
+    assert plan.num_layers == 8
+    assert [s.name for s in plan.skipped] == ["blocks.2.weight", "blocks.2.bias"]
+
+
+def test_tied_parameters_are_grouped_once_under_their_first_name():
+    model = blocks_model(2)
+    model.head = nn.Linear(2, 2)
+    model.head.weight = model.blocks[0].weight  # tied, as an LM head to its embedding
+    rows = run(model, COUNTED)
+    assert "head.weight" not in rows
+    assert rows["blocks.0.weight"] == (1, 0.25, 0.1)
+    assert rows["head.bias"] == (3, 1.0, 0.0)
+
+
+def test_meta_models_of_many_blocks_resolve_every_parameter():
+    with torch.device("meta"):
+        model = blocks_model(500)
+    rows = run(model, COUNTED)
+    assert len(rows) == 2 * 500 + 2
+    assert rows["blocks.499.weight"] == (500, 0.5, 0.1)
+    assert rows["blocks.0.bias"] == (1, 0.5**500, 0.0)
