@@ -15,6 +15,7 @@ from torch import nn
 from lwd_rules import load_rules, resolve
 from lwd_rules.expr import Formula
 from lwd_rules.grouping import Grouper
+from lwd_rules import identify
 from lwd_rules.identify import LayerIdentifier
 from lwd_rules.orchestrator import _Walk
 from lwd_rules.plugins import new_registry
@@ -66,6 +67,7 @@ def work(monkeypatch: pytest.MonkeyPatch, blocks: int) -> tuple[dict[str, int], 
     with monkeypatch.context() as patch:
         for owner, name in [(LayerIdentifier, "for_module"), (Formula, "__call__"), (LayerIdentifier, "identify"), (_Walk, "_weight_decay"), (Grouper, "add_many")]:
             counted(patch, owner, name, calls)
+        counted(patch, identify, "_holds_parameters", calls)
         plan = resolve(model, load_rules(RULES, registry=new_registry()), registry=new_registry())
     tensors = len(plan.params)
     assert tensors == 4 * blocks + 4
@@ -75,6 +77,8 @@ def work(monkeypatch: pytest.MonkeyPatch, blocks: int) -> tuple[dict[str, int], 
 @pytest.mark.parametrize("blocks", [2_500, 25_000])
 def test_work_is_linear_in_modules_and_groups_are_bounded(monkeypatch, blocks):
     calls, tensors, groups = work(monkeypatch, blocks)
+    # layers.count probes each block once, looking one level into it for a parameter.
+    assert calls["_holds_parameters"] <= blocks
     # Rule matching runs once per block (its children inherit the answer), never per parameter.
     assert calls["for_module"] == blocks + 4  # the root, stem, blocks container, head, and each block
     assert calls.get("identify", 0) == 0  # no parameter needed its full name matched
