@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from lwd_rules.errors import Problem
-from lwd_rules.identify import canonical_name
+from lwd_rules.identify import canonicalizer
 from lwd_rules.rules.ruleset import RuleSet
 
 Convention = Literal["torch", "timm"]
@@ -99,11 +99,11 @@ class Plan:
 
         Names are canonical, so a DDP- or ``torch.compile``-wrapped model has the bare model's fingerprint.
         """
-        strip = self.rules.strip_components
+        canonical = canonicalizer(self.rules.strip_components)
         payload = {
             "rules": self.rules.data,
             "groups": [[g["group_name"], repr(g["lr_scale"]), repr(g["weight_decay"])] for g in self.param_groups],
-            "params": [[canonical_name(r.name, strip), r.layer_id, repr(r.lr_scale), repr(r.weight_decay), r.group] for r in self.params],
+            "params": [[canonical(r.name), r.layer_id, repr(r.lr_scale), repr(r.weight_decay), r.group] for r in self.params],
         }
         text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
