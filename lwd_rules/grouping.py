@@ -19,7 +19,7 @@ class Grouper:
         index = self._index.get(settings)
         if index is None:
             index = self._index[settings] = len(self._params)
-            self._params.append(list(params))
+            self._params.append(params[:])
             self._layer_ids.append({layer_id})
         else:
             self._params[index] += params
@@ -27,25 +27,19 @@ class Grouper:
         return index
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """The groups for ``torch.optim``: params, lr_scale, weight_decay, group_name, layer_ids."""
-        ids = [sorted(layer_ids) for layer_ids in self._layer_ids]
-        names = _unique_names([_base_name(layers, wd) for layers, (_, wd) in zip(ids, self._index)])
-        return [
-            {"params": params, "lr_scale": lr_scale, "weight_decay": wd, "group_name": name, "layer_ids": layers}
-            for name, (lr_scale, wd), params, layers in zip(names, self._index, self._params, ids)
-        ]
+        """The groups for ``torch.optim``: params, lr_scale, weight_decay, group_name, layer_ids.
 
-
-def _base_name(layer_ids: list[int], weight_decay: float) -> str:
-    where = f"layer_{layer_ids[0]}" if len(layer_ids) == 1 else f"layers_{layer_ids[0]}-{layer_ids[-1]}"
-    return f"{where}_{'decay' if weight_decay > 0 else 'no_decay'}"
-
-
-def _unique_names(names: list[str]) -> list[str]:
-    """Suffix repeated names with ``_2``, ``_3``... (groups that differ by an override's lr_mult)."""
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
-    return out
+        Names read ``layer_3_decay`` or ``layers_0-2_no_decay``; a repeated name (groups that
+        differ by an override's lr_mult) gets ``_2``, ``_3``...
+        """
+        groups = []
+        repeats: dict[str, int] = {}
+        for (lr_scale, weight_decay), params, ids in zip(self._index, self._params, self._layer_ids):
+            layers = sorted(ids)
+            where = f"layer_{layers[0]}" if len(layers) == 1 else f"layers_{layers[0]}-{layers[-1]}"
+            name = f"{where}_decay" if weight_decay > 0 else f"{where}_no_decay"
+            seen = repeats[name] = repeats.get(name, 0) + 1
+            if seen > 1:
+                name = f"{name}_{seen}"
+            groups.append({"params": params, "lr_scale": lr_scale, "weight_decay": weight_decay, "group_name": name, "layer_ids": layers})
+        return groups

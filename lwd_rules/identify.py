@@ -186,7 +186,9 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[s
             found.add(cprefix)
         dot = cprefix + "." if cprefix else ""
         stack += [  # reversed: popped in named_modules() order, so a shared module counts where it first appears
-            (child, cprefix, level) if name in strip else (child, dot + name, level + 1) for name, child in reversed(module._modules.items()) if child is not None
+            (child, cprefix, level) if name in strip else (child, dot + name, level + 1)
+            for name, child in reversed(module._modules.items())
+            if child is not None and (child._parameters or child._modules)
         ]
     return found
 

@@ -117,7 +117,7 @@ def unwrap(model: Any) -> Any:
     while id(model) not in seen:
         seen.add(id(model))
         inner = _first_present(model, "_orig_mod", "module")  # no truth tests: some wrappers define __len__
-        if inner is None and callable(getattr(model, "get_base_model", None)):
+        if inner is None and callable(getattr(type(model), "get_base_model", None)):
             inner = model.get_base_model()
         if inner is None or not hasattr(inner, "named_parameters"):
             break
@@ -222,8 +222,19 @@ def _extends(prefix: str, parent: str) -> bool:
 
 
 def _first_present(obj: Any, *names: str) -> Any:
+    """The first of ``names`` that ``obj`` has; a module's submodules are looked up directly (a
+    missing attribute costs ``nn.Module.__getattr__`` an exception)."""
+    attributes = getattr(obj, "__dict__", {})
+    children = attributes.get("_modules")
     for name in names:
-        value = getattr(obj, name, None)
+        if children is None:
+            value = getattr(obj, name, None)
+        else:  # an nn.Module: the attribute is a submodule, an instance attribute or a class attribute
+            value = children.get(name)
+            if value is None:
+                value = attributes.get(name)
+            if value is None and hasattr(type(obj), name):
+                value = getattr(obj, name, None)
         if value is not None:
             return value
     return None
