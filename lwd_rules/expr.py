@@ -61,6 +61,11 @@ class Formula:
         """Evaluate with ``env``; any failure is raised as FormulaError."""
         return self._evaluate(env)
 
+    @property
+    def evaluator(self) -> Evaluator:
+        """The compiled function itself, for callers that evaluate one formula many times."""
+        return self._evaluate
+
     def check(self, known: Iterable[str]) -> None:
         """Raise FormulaError if the formula uses a variable not in ``known``."""
         names = sorted(set(known))

@@ -243,6 +243,7 @@ class LayerIdentifier:
         checked = checked_env(self.env)
         self._envs = [checked if not rule.pattern.groupindex else type(checked)(checked) for rule in rules]
         self._named = [tuple((name, index - 1) for name, index in rule.pattern.groupindex.items()) for rule in rules]
+        self._formulas = [rule.layer.evaluator for rule in rules]
         self._cache: dict[tuple[int, tuple[str | None, ...]], int] = {}
         self._default = (self._evaluate(default.formula, self.env, default.path, default.origin), DEFAULT) if default else None
 
@@ -315,12 +316,17 @@ class LayerIdentifier:
         key = (index, groups)
         layer_id = self._cache.get(key)
         if layer_id is None:
-            rule = self.rules[index]
             env = self._envs[index]
             for group_name, position in self._named[index]:
                 text = groups[position]
                 env[group_name] = int(text) if text is not None and text.isdigit() else _as_int(text)  # None is reported when used
-            layer_id = self._evaluate(rule.layer, env, f"{rule.path}.layer", rule.origin, name)
+            try:
+                layer_id = self._formulas[index](env)
+            except FormulaError:
+                layer_id = None
+            if layer_id.__class__ is not int:  # a float, a list, an error: checked and reported
+                rule = self.rules[index]
+                layer_id = self._evaluate(rule.layer, env, f"{rule.path}.layer", rule.origin, name)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = layer_id

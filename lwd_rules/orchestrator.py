@@ -332,7 +332,7 @@ class _Resolver:
             num_layers=num_layers,
             scales=tuple(scales),
             param_groups=groups,
-            params=_Rows(walk, final, groups, self._rule_labels()),
+            params=_Rows(walk, final, groups, self._rule_labels),
             skipped=skipped,
             variables=dict(env),
             warnings=self.warnings,
@@ -805,14 +805,15 @@ class _Rows(Sequence[ParamRow]):
     """``plan.params``: built on first access by walking the model again, so ``resolve()`` itself
     keeps no per-parameter names."""
 
-    def __init__(self, walk: _Walk, final: list[int], groups: list[dict[str, Any]], labels: Mapping[int, tuple[str, str]]) -> None:
+    def __init__(self, walk: _Walk, final: list[int], groups: list[dict[str, Any]], labels: Callable[[], Mapping[int, tuple[str, str]]]) -> None:
         self._source = (walk, final, groups, labels)
         self._rows: list[ParamRow] | None = None
         self._tensors: list[Any] = []
 
     def _built(self) -> list[ParamRow]:
         if self._rows is None:
-            walk, final, groups, labels = self._source
+            walk, final, groups, rule_labels = self._source
+            labels = rule_labels()
             grouped = {k for k, group in enumerate(final) if group >= 0}
             rows = []
             tensors = []
