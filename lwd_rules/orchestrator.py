@@ -584,6 +584,7 @@ class _Walk:
         fast = self.cacheable and self.claim is None
         tail, stub_of = self.tail, self._stub
         blanks = self.components if tail == 1 else None
+        blank_ends = tuple(f".{name}" for name in blanks or ())
         seen, seen_add = self._seen, self._seen.add
         wd_cache, key_index, members = self._wd_cache, self._key_index, self.members
         no_wd_leaves = self._no_wd_leaves
@@ -616,9 +617,8 @@ class _Walk:
                         stub = ""
                     elif not tail:
                         stub = "x."
-                    elif blanks is not None:
-                        last = cprefix[cprefix.rfind(".") + 1 :]
-                        stub = ("x." if "." in cprefix else "") + (last if last in blanks else "") + "."
+                    elif blanks is not None:  # a module no exclude glob names: its last name is blanked
+                        stub = stub_of(cprefix) if cprefix in blanks or cprefix.endswith(blank_ends) else "x.."
                     else:
                         stub = stub_of(cprefix)
                     for leaf, param in params.items():  # the common case: nothing here needs the full name
@@ -758,7 +758,7 @@ class _Walk:
         if self.tail == 1:
             _, dot, last = cprefix.rpartition(".")
             if self.components is not None and last not in self.components:
-                last = ""
+                return "x.."  # wherever it is: every cacheable entry starts with "*"
             return f"x.{last}." if dot else f"{last}."
         parts = cprefix.split(".")
         kept = parts[-self.tail :]
