@@ -35,11 +35,17 @@ class Grouper:
         groups = []
         repeats: dict[str, int] = {}
         for (lr_scale, weight_decay), params, ids in zip(self._index, self._params, self._layer_ids):
-            layers = sorted(ids)
-            where = f"layer_{layers[0]}" if len(layers) == 1 else f"layers_{layers[0]}-{layers[-1]}"
-            name = f"{where}_decay" if weight_decay > 0 else f"{where}_no_decay"
-            seen = repeats[name] = repeats.get(name, 0) + 1
-            if seen > 1:
-                name = f"{name}_{seen}"
+            kind = "decay" if weight_decay > 0 else "no_decay"
+            if len(ids) == 1:
+                layers = [*ids]
+                name = f"layer_{layers[0]}_{kind}"
+            else:
+                layers = sorted(ids)
+                name = f"layers_{layers[0]}-{layers[-1]}_{kind}"
+            if name in repeats:
+                repeats[name] += 1
+                name = f"{name}_{repeats[name]}"
+            else:
+                repeats[name] = 1
             groups.append({"params": params, "lr_scale": lr_scale, "weight_decay": weight_decay, "group_name": name, "layer_ids": layers})
         return groups
