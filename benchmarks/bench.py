@@ -141,6 +141,24 @@ def optimizer_scaling(sizes: list[int]) -> list[dict[str, Any]]:
     return out
 
 
+def targets(rows: list[dict[str, Any]], scaling: list[dict[str, Any]]) -> list[str]:
+    """The targets of the benchmark issue, each with the figure measured in this run and whether it holds."""
+
+    def line(target: str, measured: str, holds: bool) -> str:
+        return f"| {target} | {measured} | {'met' if holds else '**not met**'} |"
+
+    growth = (scaling[-1]["seconds"] / scaling[0]["seconds"]) / (scaling[-1]["tensors"] / scaling[0]["tensors"])
+    out = ["## Targets", "", "| target | measured | |", "|---|---|---|"]
+    for r in rows:
+        out.append(line(f"{r['model']}: resolve ≤ 1.5× the floor", f"{r['vs_floor']:.2f}×", r["vs_floor"] <= 1.5))
+        out.append(line(f"{r['model']}: ≥ 3× faster than timm", f"{r['speedup_vs_timm']:.2f}×", r["speedup_vs_timm"] >= 3))
+        out.append(line(f"{r['model']}: peak memory ≤ 1.2× the floor's", f"{r['memory_vs_floor']:.2f}×", r["memory_vs_floor"] <= 1.2))
+        out.append(line(f"{r['model']}: groups ≤ 2 × distinct scales", f"{r['groups']} ≤ {2 * r['distinct_scales']}", r["groups"] <= 2 * r["distinct_scales"]))
+    out.append(line(f"create_optimizer() on {scaling[-1]['tensors']:,} tensors < 2 s", f"{scaling[-1]['seconds']:.2f} s", scaling[-1]["seconds"] < 2))
+    out.append(line("create_optimizer() grows linearly (within 25%)", f"{growth:.2f}× linear", growth <= 1.25))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
@@ -196,6 +214,8 @@ def main() -> int:
         f"{scaling[-1]['tensors'] / scaling[0]['tensors']:.0f}× tensors (linear would be {scaling[-1]['tensors'] / scaling[0]['tensors']:.0f}×).",
         "",
         f"median lwd-rules ÷ floor over the models above: {statistics.median(r['vs_floor'] for r in rows):.2f}×",
+        "",
+        *targets(rows, scaling),
     ]
     args.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
