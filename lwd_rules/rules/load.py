@@ -294,7 +294,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
         found = _model_in(arg)
         if found is not None:
             return found
-    return None if get_origin(annotation) is None else None
+    return None
 
 
 _NDIM = re.compile(r"^ndim\s*(<=|<|==|>=|>)\s*(\d+)$")
