@@ -30,6 +30,7 @@ from torch import nn
 
 import lwd_rules
 from lwd_rules import create_optimizer, load_rules, resolve
+from lwd_rules.testing import many_blocks_model
 
 HERE = Path(__file__).parent
 
@@ -48,25 +49,6 @@ SYNTHETIC_RULES = {
     "weight_decay": {"value": 0.05, "exclude": ["ndim<=1", "*.bias"]},
     "optimizer": {"name": "adamw", "lr": 1e-3},
 }
-
-
-class Block(nn.Module):
-    """Four small tensors: a Linear and a LayerNorm."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(2, 2)
-        self.norm = nn.LayerNorm(2)
-
-
-class Synthetic(nn.Module):
-    """``tensors // 4`` blocks between a stem and a head: a model with very many parameter tensors."""
-
-    def __init__(self, tensors: int) -> None:
-        super().__init__()
-        self.stem = nn.Linear(2, 2)
-        self.blocks = nn.ModuleList(Block() for _ in range((tensors - 4) // 4))
-        self.head = nn.Linear(2, 2)
 
 
 def best_of(fn: Callable[[], Any], *, budget: float = 1.0, least: int = 5, most: int = 300) -> float:
@@ -135,7 +117,7 @@ def optimizer_scaling(sizes: list[int]) -> list[dict[str, Any]]:
     out = []
     for size in sizes:
         with torch.device("meta"):
-            model = Synthetic(size)
+            model = many_blocks_model((size - 4) // 4)
         seconds = best_of(lambda model=model: create_optimizer(model, rules), budget=3.0, least=2, most=5)
         optimizer = create_optimizer(model, rules)
         out.append({"tensors": size, "seconds": seconds, "groups": len(optimizer.param_groups), "per_10k": seconds / size * 1e4})
@@ -189,7 +171,7 @@ def main() -> int:
         rows.append(measure(name, model, load_rules(rule_set)))
         print(rows[-1], file=sys.stderr)
     with torch.device("meta"):
-        synthetic = Synthetic(args.synthetic)
+        synthetic = many_blocks_model((args.synthetic - 4) // 4)
     rows.append(measure(f"synthetic ({args.synthetic:,} tensors)", synthetic, load_rules(SYNTHETIC_RULES)))
     print(rows[-1], file=sys.stderr)
     del synthetic

@@ -1,4 +1,5 @@
-"""Helpers for plugin authors' tests: a registry holding just your plugins, and plan assertions."""
+"""Helpers for plugin authors' tests: a registry holding just your plugins, plan assertions, and a
+model of many small blocks for checking that rules scale."""
 
 from __future__ import annotations
 
@@ -44,3 +45,25 @@ def assert_layer_ids(model: Any, source: Source | None, expected: Mapping[str, i
     ) + ([f"not trainable in the plan: {', '.join(extra)}"] if extra else []) + wrong
     assert not problems, "layer ids differ:\n" + "\n".join(problems)
     return plan
+
+
+def many_blocks_model(blocks: int) -> Any:
+    """``stem`` (Linear), ``blocks.0`` ... ``blocks.{blocks - 1}`` (each a Linear ``fc`` and a
+    LayerNorm ``norm``) and ``head`` (Linear): ``4 * blocks + 4`` tensors of 2 or 4 numbers.
+
+    Built on the current device, so ``with torch.device("meta"):`` makes 100,000 tensors cost no
+    memory. ``make bench`` and the scaling guard in ``make test`` use it.
+    """
+    from torch import nn
+
+    def block() -> nn.Module:
+        module = nn.Module()
+        module.fc = nn.Linear(2, 2)
+        module.norm = nn.LayerNorm(2)
+        return module
+
+    model = nn.Module()
+    model.stem = nn.Linear(2, 2)
+    model.blocks = nn.ModuleList(block() for _ in range(blocks))
+    model.head = nn.Linear(2, 2)
+    return model

@@ -79,3 +79,10 @@ def test_relative_links_in_the_docs_point_at_files_that_exist():
             if not path.exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+def test_the_scaling_example_in_the_plugin_testing_guide_runs():
+    text = (ROOT / "docs" / "plugins" / "testing.md").read_text(encoding="utf-8")
+    section = text.split("## Checking that rules scale", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/plugins/testing.md", "exec"), {})  # noqa: S102 - our own docs

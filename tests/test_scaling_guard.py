@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from lwd_rules import load_rules, resolve
 from lwd_rules.expr import Formula
@@ -19,6 +18,7 @@ from lwd_rules import identify
 from lwd_rules.identify import LayerIdentifier
 from lwd_rules.orchestrator import _Walk
 from lwd_rules.plugins import new_registry
+from lwd_rules.testing import many_blocks_model
 
 RULES = {
     "layers": {
@@ -35,21 +35,6 @@ RULES = {
 }
 
 
-class Block(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(2, 2)
-        self.norm = nn.LayerNorm(2)
-
-
-class Synthetic(nn.Module):
-    def __init__(self, blocks: int) -> None:
-        super().__init__()
-        self.stem = nn.Linear(2, 2)
-        self.blocks = nn.ModuleList(Block() for _ in range(blocks))
-        self.head = nn.Linear(2, 2)
-
-
 def counted(monkeypatch: pytest.MonkeyPatch, owner: type, name: str, calls: dict[str, int]) -> None:
     original = getattr(owner, name)
 
@@ -62,7 +47,7 @@ def counted(monkeypatch: pytest.MonkeyPatch, owner: type, name: str, calls: dict
 
 def work(monkeypatch: pytest.MonkeyPatch, blocks: int) -> tuple[dict[str, int], int, int]:
     with torch.device("meta"):
-        model = Synthetic(blocks)
+        model = many_blocks_model(blocks)
     calls: dict[str, int] = {}
     with monkeypatch.context() as patch:
         for owner, name in [(LayerIdentifier, "for_module"), (Formula, "__call__"), (LayerIdentifier, "identify"), (_Walk, "_weight_decay"), (Grouper, "add_many")]:
