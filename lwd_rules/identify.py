@@ -124,13 +124,15 @@ def _class_item_dotless(op: Any, av: Any) -> bool:
     return False
 
 
-def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str]) -> dict[str, int | list[int]]:
+def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str], *, exact: bool = False) -> dict[str, int | list[int]]:
     """Evaluate ``layers.count`` over the model's canonical parameter names: max+1 of one group, or
     per value of the first group a list of max+1 of the second (``[3, 3, 9, 3]``).
 
     A prefix-determined regex (``match_scope`` PREFIX, as every bundled count is) reads no more
     than its own dots of a name, so it runs once per module prefix, cut to the deepest of them: a
-    block with thousands of parameters is one probe. Any other regex runs on every name.
+    block with thousands of parameters is one probe. Any other regex runs on every name. The cut
+    assumes each module has one place in the model; ``exact=True`` walks every module instead, for
+    models that share one (or hold a cycle).
     """
     by_prefix = [count for count in counts if match_scope(count.pattern) == PREFIX]
     by_name = [count for count in counts if match_scope(count.pattern) != PREFIX]
@@ -139,7 +141,11 @@ def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str])
         names = [_join(cprefix, leaf) for _, cprefix, params, _, _ in collect_modules(model, strip) for leaf in params]
         out.update((count.name, _count_value(count, names)) for count in by_name)
     if by_prefix:
-        probes = [prefix + "." for prefix in _parameter_prefixes(model, strip, max(prefix_dots(c.pattern) for c in by_prefix))]
+        if exact:
+            prefixes = {cprefix for _, cprefix, params, _, _ in collect_modules(model, strip) if cprefix and params}
+        else:
+            prefixes = _parameter_prefixes(model, strip, max(prefix_dots(c.pattern) for c in by_prefix))
+        probes = [prefix + "." for prefix in prefixes]
         out.update((count.name, _count_value(count, probes)) for count in by_prefix)
     return {count.name: out[count.name] for count in counts}
 
@@ -147,10 +153,10 @@ def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str])
 def _count_value(count: Count, texts: Iterable[str]) -> int | list[int]:
     matched = [m.groups() for m in map(count.pattern.search, texts) if m is not None]
     if count.pattern.groups == 1:
-        return max((int(g) for (g,) in matched if g is not None and g.isdigit()), default=-1) + 1
+        return max((int(g) for (g,) in matched if g is not None and g.isdecimal()), default=-1) + 1
     per: dict[int, int] = {}
     for groups in matched:
-        if all(g is not None and g.isdigit() for g in groups):
+        if all(g is not None and g.isdecimal() for g in groups):
             outer, inner = int(groups[0]), int(groups[1])
             per[outer] = max(per.get(outer, 0), inner + 1)
     return [per.get(i, 0) for i in range(max(per) + 1)] if per else []
@@ -161,15 +167,16 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[s
     a module that deep stands for its subtree and is not walked into."""
     strip = frozenset(strip)
     leads = tuple(lead for lead in strip if "." in lead)
+    lead_heads = {lead.rsplit(".", cut)[0] for lead in leads for cut in range(1, lead.count(".") + 1)}  # "base_model"
     found: set[str] = set()
-    seen: set[Any] = set()
+    seen: set[int] = set()
     checked: set[type] = set()
     stack: list[tuple[Any, str, int]] = [(model, "", 0)]
     while stack:
         module, cprefix, level = stack.pop()
-        if module in seen:
+        if id(module) in seen:
             continue
-        seen.add(module)
+        seen.add(id(module))
         kind = type(module)
         if kind not in checked:
             if not walks_like_module(kind):  # its own named_modules decides what is in the model
@@ -178,7 +185,7 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[s
         if leads and cprefix.startswith(leads):
             cprefix = canonical_name(cprefix, strip)
             level = cprefix.count(".") + 1 if cprefix else 0
-        if level >= depth:
+        if level >= depth and cprefix not in lead_heads:  # a leading prefix still to be cut is not a block
             if module._parameters or _holds_parameters(module):
                 found.add(cprefix)
             continue
@@ -188,20 +195,26 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[s
         stack += [  # reversed: popped in named_modules() order, so a shared module counts where it first appears
             (child, cprefix, level) if name in strip else (child, dot + name, level + 1)
             for name, child in reversed(module._modules.items())
-            if child is not None and (child._parameters or child._modules)
+            if child is not None and (child._parameters or child._modules or type(child) not in checked)
         ]
     return found
 
 
 def _holds_parameters(module: Any) -> bool:
-    """Whether ``module`` or any module below it has parameters (most blocks: a direct child)."""
-    children = module._modules.values()
+    """Whether any module below ``module`` has parameters (most blocks: a direct child)."""
+    children = [child for child in module._modules.values() if child is not None]
     for child in children:
-        if child is not None and child._parameters:
+        if child._parameters:
             return True
-    for child in children:
-        if child is not None and _holds_parameters(child):
+    visited = {id(module)}  # a module that holds itself further down (a cycle) is looked at once
+    while children:
+        child = children.pop()
+        if id(child) in visited:
+            continue
+        visited.add(id(child))
+        if child._parameters:
             return True
+        children += [grandchild for grandchild in child._modules.values() if grandchild is not None]
     return False
 
 
@@ -270,7 +283,7 @@ class LayerIdentifier:
                 if pending is None:
                     self.used[index] = True
                     return (self._layer_id(index, found.groups(), probe), index), final
-                return self._by_name(pending, (index, found.groups(), probe)), False
+                return self._by_name(pending, (index, found.groups())), False
             if dots > depth:
                 final = False
         if pending is not None:
@@ -279,7 +292,7 @@ class LayerIdentifier:
             return self._after_rules, False
         return self._default, final
 
-    def _by_name(self, pending: list[int], won: tuple[int, tuple[str | None, ...], str] | None) -> Callable[[str], Answer | None]:
+    def _by_name(self, pending: list[int], won: tuple[int, tuple[str | None, ...]] | None) -> Callable[[str], Answer | None]:
         """The answer for a module whose name-reading rules come before the prefix rule that won (if any)."""
         checks = [(index, self._searches[index]) for index in pending]
 
@@ -291,7 +304,7 @@ class LayerIdentifier:
                     return self._layer_id(index, match.groups(), name), index
             if won is not None:
                 self.used[won[0]] = True
-                return self._layer_id(*won), won[0]
+                return self._layer_id(won[0], won[1], name), won[0]
             return self._after_rules(name)
 
         return resolve_one
@@ -319,7 +332,7 @@ class LayerIdentifier:
             env = self._envs[index]
             for group_name, position in self._named[index]:
                 text = groups[position]
-                env[group_name] = int(text) if text is not None and text.isdigit() else _as_int(text)  # None is reported when used
+                env[group_name] = int(text) if text is not None and text.isdecimal() else _as_int(text)  # None is reported when used
             try:
                 layer_id = self._formulas[index](env)
             except FormulaError:

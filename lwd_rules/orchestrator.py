@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import inspect
 import re
 import warnings
@@ -117,8 +118,9 @@ def unwrap(model: Any) -> Any:
     while id(model) not in seen:
         seen.add(id(model))
         inner = _first_present(model, "_orig_mod", "module")  # no truth tests: some wrappers define __len__
-        if inner is None and callable(getattr(type(model), "get_base_model", None)):
-            inner = model.get_base_model()
+        if inner is None:
+            get_base_model = _first_present(model, "get_base_model")
+            inner = get_base_model() if callable(get_base_model) else None
         if inner is None or not hasattr(inner, "named_parameters"):
             break
         model = inner
@@ -221,6 +223,14 @@ def _extends(prefix: str, parent: str) -> bool:
     return not parent or prefix == parent or prefix.startswith(parent + ".")
 
 
+@functools.lru_cache(maxsize=1024)
+def _plain_getattr(kind: type) -> bool:
+    """Whether ``kind`` looks attributes up as ``nn.Module`` does (its ``__getattr__`` finds no others)."""
+    from torch import nn
+
+    return getattr(kind, "__getattr__", None) is nn.Module.__getattr__
+
+
 def _first_present(obj: Any, *names: str) -> Any:
     """The first of ``names`` that ``obj`` has; a module's submodules are looked up directly (a
     missing attribute costs ``nn.Module.__getattr__`` an exception)."""
@@ -229,11 +239,11 @@ def _first_present(obj: Any, *names: str) -> Any:
     for name in names:
         if children is None:
             value = getattr(obj, name, None)
-        else:  # an nn.Module: the attribute is a submodule, an instance attribute or a class attribute
-            value = children.get(name)
+        else:  # an nn.Module: the attribute is a submodule, an instance attribute, a class attribute
+            value = children.get(name)  # or whatever a __getattr__ of its own forwards
             if value is None:
                 value = attributes.get(name)
-            if value is None and hasattr(type(obj), name):
+            if value is None and (hasattr(type(obj), name) or not _plain_getattr(type(obj))):
                 value = getattr(obj, name, None)
         if value is not None:
             return value
@@ -278,17 +288,11 @@ class _Resolver:
 
     def run(self) -> Plan:
         rules, config = self.rules, self.rules.config
-        env = self._variables()
-        if rules.num_layers is not None:
-            env["num_layers"] = self._num_layers(env)
-        plugin_ids = self._plugin_ids() if config.layers.ids_from_plugins else None
-        identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
-        walk = _Walk(self, identifier)
-        if not walk.run(self.model):  # a class with its own named_modules: walk that instead
-            identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
-            walk = _Walk(self, identifier)
-            walk.run_listed(self.model)
-        walk.done()
+        try:
+            env, identifier, walk = self._walk()
+        except RuleError:  # a name collision explains more than what followed from it
+            self._check_collisions(collect_modules(self.model, rules.strip_components))
+            raise
         if walk.renamed:
             self._check_collisions(collect_modules(self.model, rules.strip_components))
         if walk.unmatched:
@@ -297,7 +301,7 @@ class _Resolver:
             self.report(None, Problem(where, "layers.default", f"{len(unmatched)} parameter(s) match no rule and layers.default is not set: {_listing(unmatched)}"))
             self.fail_if_problems()
         if "num_layers" not in env:  # N = highest id - 1, frozen parameters included so freezing shifts nothing
-            frozen_ids = (answer[0] for answer in walk.frozen_answers)
+            frozen_ids = (answer[0] for answer in walk.frozen_answers())
             override_ids = (layer_id for _, layer_id in walk.override_frozen)
             env["num_layers"] = max(max([*(key[0] for key in walk.keys), *frozen_ids, *override_ids], default=1) - 1, 0)
         num_layers = env["num_layers"]
@@ -341,6 +345,30 @@ class _Resolver:
             allowed_unused=self.allowed_unused,
             lr=config.optimizer.lr,
         )
+
+    def _walk(self) -> tuple[dict[str, Any], LayerIdentifier, _Walk]:
+        """Variables, then the walk. The ``layers.count`` pre-pass assumes each module has one
+        place in the model; when the walk met one twice (shared, or a cycle), the counts are taken
+        again over every module and, if they differ, the walk is done again with them."""
+        rules, config = self.rules, self.rules.config
+        env = self._variables()
+        plugin_ids = self._plugin_ids() if config.layers.ids_from_plugins else None
+        while True:
+            if rules.num_layers is not None:
+                env["num_layers"] = self._num_layers(env)
+            identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
+            walk = _Walk(self, identifier)
+            if not walk.run(self.model):  # a class with its own named_modules: walk that instead
+                identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
+                walk = _Walk(self, identifier)
+                walk.run_listed(self.model)
+            walk.done()
+            if not (walk.shared and rules.counts):
+                return env, identifier, walk
+            exact = count_variables(rules.counts, self.model, rules.strip_components, exact=True)
+            if all(env[name] == value for name, value in exact.items()):
+                return env, identifier, walk
+            env.update(exact)
 
     def _rule_labels(self) -> dict[int, tuple[str, str]]:
         """``(file:line, provenance)`` of every layer rule, the plugin hook and the default."""
@@ -559,13 +587,15 @@ class _Walk:
         self.keys: list[tuple[int, int, float, float]] = []  # (layer id, rule index, weight decay, lr_mult)
         self.members: list[list[Any]] = []
         self.frozen: list[str] = []
-        self.frozen_answers: set[Answer] = set()
+        self._frozen_answers: set[Answer] = set()
+        self._frozen_by_name: list[tuple[Callable[[str], Answer | None], str]] = []  # evaluated only if N is needed
         self.unmatched: list[tuple[str, str]] = []
         self.override_frozen: list[tuple[str, int]] = []  # (name, layer id)
         self.exclusion_used = [False] * len(self.exclusions)
         self.override_used = [False] * len(self.overrides)
         self.conflicts: dict[tuple[int, int, str], list[str]] = {}
         self.renamed = False  # some prefix lost a wrapper component: names may collide
+        self.shared = False  # some module has two places in the model (or is its own descendant)
         self._seen: set[int] = set()
         self._key_index: dict[tuple[Answer, float, float], int] = {}
         self._wd_cache: dict[tuple[str, str, int, type], float] = {}
@@ -589,16 +619,17 @@ class _Walk:
         wd_cache, key_index, members = self._wd_cache, self._key_index, self.members
         no_wd_leaves = self._no_wd_leaves
         checked: set[type] = set()
-        seen_modules: set[Any] = set()
+        seen_modules: set[int] = set()
         bucket_answer: Answer | None = None
         bucket: dict[float, list[Any]] = {}  # weight decay -> members, for bucket_answer
         stack: list[tuple[Any, str, str, ModuleState | None]] = [(model, "", "", None)]
         pop, push = stack.pop, stack.append
         while stack:
             module, prefix, cprefix, state = pop()
-            if module in seen_modules:
+            if id(module) in seen_modules:
+                self.shared = True
                 continue
-            seen_modules.add(module)
+            seen_modules.add(id(module))
             kind = type(module)
             if kind not in checked:
                 if not walks_like_module(kind):
@@ -630,7 +661,7 @@ class _Walk:
                         seen_add(pid)
                         if not param.requires_grad:
                             self.frozen.append(_join(prefix, leaf))
-                            self.frozen_answers.add(answer)
+                            self._frozen_answers.add(answer)
                             continue
                         if leaf in module_no_wd:
                             wd = 0.0
@@ -651,15 +682,16 @@ class _Walk:
                 inherited = state if state[1] else None
                 dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
                 # Children with neither parameters nor children (activations, dropouts, identities:
-                # about half of a timm model's modules) add nothing, so they are not visited.
+                # about half of a timm model's modules) add nothing, so they are not visited once
+                # their class is known to list nothing else (see walks_like_module).
                 if dot == cdot and renamers.isdisjoint(children):  # nothing renamed: share the strings
                     for name, child in reversed(children.items()):
-                        if child is not None and (child._parameters or child._modules):
+                        if child is not None and (child._parameters or child._modules or type(child) not in checked):
                             child_prefix = dot + name
                             push((child, child_prefix, child_prefix, inherited))
                 else:
                     for name, child in reversed(children.items()):
-                        if child is not None and (child._parameters or child._modules):
+                        if child is not None and (child._parameters or child._modules or type(child) not in checked):
                             push((child, dot + name, *self._child_prefix(cprefix, cdot, name, inherited, leads)))
         return True
 
@@ -677,6 +709,7 @@ class _Walk:
     def run_listed(self, model: Any) -> None:
         """The walk through ``model.named_modules()``, for models with a class that overrides it."""
         canonical = canonicalizer(self.strip)
+        self.shared = True  # named_modules() hides repeats: let the counts be checked over every module
         states: dict[str, tuple[str, ModuleState]] = {}  # prefix -> (canonical prefix, state)
         for prefix, module in model.named_modules():
             cprefix = canonical(prefix)
@@ -702,12 +735,14 @@ class _Walk:
             name, cname = _join(prefix, leaf), _join(cprefix, leaf)
             if claim is not None and not claim(cname):
                 continue  # another chain's parameter
-            found = answer(cname) if callable(answer) else answer
             if not param.requires_grad:
                 self.frozen.append(name)
-                if found is not None:
-                    self.frozen_answers.add(found)
+                if callable(answer):
+                    self._frozen_by_name.append((answer, cname))
+                elif answer is not None:
+                    self._frozen_answers.add(answer)
                 continue
+            found = answer(cname) if callable(answer) else answer
             if found is None:
                 self.unmatched.append((name, cname))
                 continue
@@ -720,6 +755,11 @@ class _Walk:
                     continue
             k = self._key_index.get((found, wd, mult))
             self.members[self._key(found, wd, mult) if k is None else k].append(param)
+
+    def frozen_answers(self) -> set[Answer]:
+        """The answers of the frozen parameters (for ``num_layers`` = highest id - 1)."""
+        by_name = (answer(name) for answer, name in self._frozen_by_name)
+        return self._frozen_answers | {found for found in by_name if found is not None}
 
     def done(self) -> None:
         """Drop what only the walk needed (the set of every parameter's id)."""

@@ -194,3 +194,144 @@ def test_meta_models_of_many_blocks_resolve_every_parameter():
     assert len(rows) == 2 * 500 + 2
     assert rows["blocks.499.weight"] == (500, 0.5, 0.1)
     assert rows["blocks.0.bias"] == (1, 0.5**500, 0.0)
+
+
+def one_dot_count(count: str, rule: str) -> dict:
+    return {
+        "layers": {"count": {"n": count}, "num_layers": "n", "rules": [{"match": rule, "layer": "i + 1"}], "default": "num_layers + 1"},
+        "layer_decay": {"rate": 0.5},
+    }
+
+
+class Layers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer0, self.layer1, self.layer2 = (nn.Linear(2, 2, bias=False) for _ in range(3))
+        self.head = nn.Linear(2, 1, bias=False)
+
+
+def test_counts_read_below_a_leading_prefix_that_is_cut_off():
+    peft_like = nn.Module()  # PEFT's PeftModel.base_model.model prefix, removed only at the start
+    peft_like.base_model = nn.Module()
+    peft_like.base_model.model = Layers()
+    rows = run(peft_like, one_dot_count(r"^layer(\d+)\.", r"^layer(?P<i>\d+)\."))
+    assert rows == {
+        "base_model.model.layer0.weight": (1, 0.125, 0.0),
+        "base_model.model.layer1.weight": (2, 0.25, 0.0),
+        "base_model.model.layer2.weight": (3, 0.5, 0.0),
+        "base_model.model.head.weight": (4, 1.0, 0.0),
+    }
+
+
+def test_a_module_shared_inside_two_blocks_counts_only_in_the_first():
+    shared = nn.Linear(2, 2, bias=False)
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Sequential(shared), nn.Sequential(shared)])  # blocks.1 lists nothing new
+    model.head = nn.Linear(2, 1, bias=False)
+    rows = run(model, one_dot_count(r"^blocks\.(\d+)\.", r"^blocks\.(?P<i>\d+)\."))
+    assert rows == {"blocks.0.0.weight": (1, 0.5, 0.0), "head.weight": (2, 1.0, 0.0)}
+
+
+def test_a_module_that_contains_itself_is_walked_once():
+    model = nn.Module()
+    inner = nn.Sequential(nn.ReLU())
+    model.blocks = nn.ModuleList([nn.Sequential(inner), nn.Linear(2, 2, bias=False)])
+    inner.add_module("loop", model.blocks[0])  # a cycle: blocks.0.0.loop is blocks.0
+    model.head = nn.Linear(2, 1, bias=False)
+    rows = run(model, one_dot_count(r"^blocks\.(\d+)\.", r"^blocks\.(?P<i>\d+)\."))
+    assert rows == {"blocks.1.weight": (2, 0.5, 0.0), "head.weight": (3, 1.0, 0.0)}
+
+
+class EqualByValue(nn.Linear):
+    """A module class comparing equal to every other of its kind (as a dataclass-like __eq__ would)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EqualByValue)
+
+    def __hash__(self) -> int:
+        return 1
+
+
+def test_modules_equal_by_value_are_still_distinct_modules():
+    model = nn.Module()
+    model.blocks = nn.ModuleList([EqualByValue(2, 2, bias=False) for _ in range(3)])
+    model.head = nn.Linear(2, 1, bias=False)
+    rows = run(model, COUNTED)
+    assert sorted(rows) == ["blocks.0.weight", "blocks.1.weight", "blocks.2.weight", "head.weight"]
+
+
+class ListsAnother(nn.Module):
+    """No parameters or children of its own, but its named_modules() lists a module it keeps aside."""
+
+    def __init__(self, other: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["other"] = other
+
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        yield prefix, self
+        yield from self.other.named_modules(memo, prefix + ".other", remove_duplicate)
+
+
+def test_an_empty_module_with_its_own_named_modules_is_honoured():
+    model = nn.Module()
+    model.side = ListsAnother(nn.Linear(2, 2, bias=False))
+    model.head = nn.Linear(2, 1, bias=False)
+    rows = run(model, {"layers": {"num_layers": 0, "default": 0}})
+    assert sorted(rows) == ["head.weight", "side.other.weight"]
+
+
+def test_a_frozen_parameter_is_not_evaluated_by_a_rule_that_reads_its_name():
+    model = nn.Module()
+    model.emb = nn.Embedding(4, 2)
+    model.emb.weight.requires_grad_(False)
+    model.blocks = nn.ModuleList([nn.Linear(2, 2, bias=False)])
+    rules = {
+        "layers": {
+            "num_layers": 3,
+            "rules": [{"match": r"emb\.weight$", "layer": "num_layers / 2"}, {"match": r"^blocks\.(?P<i>\d+)\.", "layer": "i + 1"}],
+            "default": 4,
+        },
+        "checks": {"unused_patterns": "ignore"},
+    }
+    registry = new_registry()
+    plan = resolve(model, load_rules(rules, registry=registry), registry=registry)  # 1.5 would be an error, were it used
+    assert [(s.name, s.reason) for s in plan.skipped] == [("emb.weight", "requires_grad is False")]
+
+
+def test_a_name_collision_is_reported_before_what_follows_from_it():
+    model = nn.Module()
+    model.x = nn.Linear(2, 2)
+    model.x.module = nn.Linear(2, 2)  # x.module.weight becomes x.weight
+    rules = {"layers": {"num_layers": 1, "rules": [{"match": r"^(?P<x>x)\.", "layer": "num_layers / 2"}]}}
+    with pytest.raises(Exception, match="'x.weight' and 'x.module.weight' both become 'x.weight'"):
+        run(model, rules)
+
+
+def test_a_formula_error_names_the_parameter():
+    model = nn.Module()
+    model.cls_token = nn.Parameter(torch.zeros(1))
+    model.blocks = nn.ModuleList([nn.Linear(2, 2)])
+    rules = {"layers": {"num_layers": 1, "rules": [{"match": "cls_token", "layer": 0}, {"match": r"^blocks\.(?P<i>\d+)\.", "layer": "i + 0.5"}], "default": 1}}
+    with pytest.raises(Exception, match=r"layer id must be an integer, got 0.5 for 'blocks.0.weight'"):
+        run(model, rules)
+
+
+def test_a_group_that_is_not_a_decimal_number_is_no_number():
+    model = nn.Module()
+    model.blocks = nn.Module()
+    model.blocks.add_module("\u00b2", nn.Linear(2, 2, bias=False))  # "²": a digit, not a decimal
+    rules = {"layers": {"num_layers": 1, "rules": [{"match": r"^blocks\.(?P<i>[^.]+)\.", "layer": 1}], "default": 1}}
+    assert run(model, rules) == {"blocks.\u00b2.weight": (1, 1.0, 0.0)}  # i is None, never int("²")
+
+
+def test_parameters_in_a_group_keep_the_model_order_across_wrapper_names():
+    model = nn.Module()
+    model.a, model.module, model.b = nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)  # "module" is stripped
+    names = {id(p): n for n, p in model.named_parameters()}
+    registry = new_registry()
+    rules = {"layers": {"num_layers": 0, "default": 0}, "weight_decay": {"value": 0.1, "exclude": ["ndim<=1"]}}
+    plan = resolve(model, load_rules(rules, registry=registry), registry=registry)
+    assert [(g["group_name"], [names[id(p)] for p in g["params"]]) for g in plan.param_groups] == [
+        ("layer_0_decay", ["a.weight", "module.weight", "b.weight"]),
+        ("layer_0_no_decay", ["a.bias", "module.bias", "b.bias"]),
+    ]

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Union, get_args, get_origin
+from typing import Any, Protocol, Union, get_args
 
 from pydantic import BaseModel, ValidationError
 
