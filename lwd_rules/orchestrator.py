@@ -595,7 +595,7 @@ class _Walk:
         self.override_used = [False] * len(self.overrides)
         self.conflicts: dict[tuple[int, int, str], list[str]] = {}
         self.renamed = False  # some prefix lost a wrapper component: names may collide
-        self.shared = False  # some module has two places in the model (or is its own descendant)
+        self.shared = False  # some module or parameter has two places in the model (or a module holds itself)
         self._seen: set[int] = set()
         self._key_index: dict[tuple[Answer, float, float], int] = {}
         self._wd_cache: dict[tuple[str, str, int, type], float] = {}
@@ -626,10 +626,12 @@ class _Walk:
         pop, push = stack.pop, stack.append
         while stack:
             module, prefix, cprefix, state = pop()
-            if id(module) in seen_modules:
-                self.shared = True
-                continue
-            seen_modules.add(id(module))
+            children = module._modules
+            if children:  # a container met twice (shared, or a cycle) is walked once; a leaf met
+                if id(module) in seen_modules:  # twice adds nothing, its parameters being seen already
+                    self.shared = True
+                    continue
+                seen_modules.add(id(module))
             kind = type(module)
             if kind not in checked:
                 if not walks_like_module(kind):
@@ -657,6 +659,7 @@ class _Walk:
                             continue
                         pid = id(param)
                         if pid in seen:
+                            self.shared = True  # tied, or a shared leaf module
                             continue
                         seen_add(pid)
                         if not param.requires_grad:
@@ -677,7 +680,6 @@ class _Walk:
                         target.append(param)
                 else:
                     self._params(params, prefix, cprefix, answer, kind)
-            children = module._modules
             if children:
                 inherited = state if state[1] else None
                 dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
@@ -729,7 +731,10 @@ class _Walk:
         stub = self._stub(cprefix)
         claim = self.claim
         for leaf, param in params.items():
-            if param is None or id(param) in seen:
+            if param is None:
+                continue
+            if id(param) in seen:
+                self.shared = True
                 continue
             seen.add(id(param))
             name, cname = _join(prefix, leaf), _join(cprefix, leaf)
