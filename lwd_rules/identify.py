@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 from re import _constants as _c  # the regex parser, for match_scope()
 from re import _parser
@@ -37,6 +37,23 @@ def canonicalizer(strip: Collection[str]) -> Callable[[str], str]:
     quick = re.compile("|".join(re.escape(component.split(".")[0]) for component in sorted(strip)))
     components = frozenset(strip)
     return lambda name: name if quick.search(name) is None else canonical_name(name, components)
+
+
+_T = TypeVar("_T")
+_MEMO: dict[tuple[str, int], tuple[object, Any]] = {}
+
+
+def memo_by_identity(kind: str, key: object, build: Callable[[], _T]) -> _T:
+    """``build()``, computed once per ``key`` object: what a loaded rule set's compiled parts imply
+    is worked out on its first resolve, not on every one. ``key`` is kept, so its id stays its own."""
+    entry = _MEMO.get((kind, id(key)))
+    if entry is not None and entry[0] is key:
+        return entry[1]  # type: ignore[no-any-return]
+    if len(_MEMO) >= 1024:
+        _MEMO.clear()
+    value = build()
+    _MEMO[(kind, id(key))] = (key, value)
+    return value
 
 
 PREFIX, ROOT, NAME = "prefix", "root", "name"
@@ -134,8 +151,7 @@ def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str],
     assumes each module has one place in the model; ``exact=True`` walks every module instead, for
     models that share one (or hold a cycle).
     """
-    by_prefix = [count for count in counts if match_scope(count.pattern) == PREFIX]
-    by_name = [count for count in counts if match_scope(count.pattern) != PREFIX]
+    by_prefix, by_name, depth = memo_by_identity("counts", counts, lambda: _split_counts(counts))
     out: dict[str, int | list[int]] = {}
     if by_name:
         names = [_join(cprefix, leaf) for _, cprefix, params, _, _ in collect_modules(model, strip) for leaf in params]
@@ -144,10 +160,17 @@ def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str],
         if exact:
             prefixes = {cprefix for _, cprefix, params, _, _ in collect_modules(model, strip) if cprefix and params}
         else:
-            prefixes = _parameter_prefixes(model, strip, max(prefix_dots(c.pattern) for c in by_prefix))
+            prefixes = _parameter_prefixes(model, strip, depth)
         probes = [prefix + "." for prefix in prefixes]
         out.update((count.name, _count_value(count, probes)) for count in by_prefix)
     return {count.name: out[count.name] for count in counts}
+
+
+def _split_counts(counts: Sequence[Count]) -> tuple[list[Count], list[Count], int]:
+    """The prefix-reading counts, the others, and the most dots a prefix-reading one reads."""
+    by_prefix = [count for count in counts if match_scope(count.pattern) == PREFIX]
+    by_name = [count for count in counts if match_scope(count.pattern) != PREFIX]
+    return by_prefix, by_name, max((prefix_dots(count.pattern) for count in by_prefix), default=0)
 
 
 def _count_value(count: Count, texts: Iterable[str]) -> int | list[int]:
@@ -165,9 +188,8 @@ def _count_value(count: Count, texts: Iterable[str]) -> int | list[int]:
 def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[str]:
     """The canonical prefixes of the modules that hold parameters, cut to ``depth`` components:
     a module that deep stands for its subtree and is not walked into."""
-    strip = frozenset(strip)
-    leads = tuple(lead for lead in strip if "." in lead)
-    lead_heads = {lead.rsplit(".", cut)[0] for lead in leads for cut in range(1, lead.count(".") + 1)}  # "base_model"
+    strip, leads, _ = strip_parts(strip)
+    lead_heads = memo_by_identity("lead heads", leads, lambda: {lead.rsplit(".", cut)[0] for lead in leads for cut in range(1, lead.count(".") + 1)})
     found: set[str] = set()
     seen: set[int] = set()
     checked: set[type] = set()
@@ -198,6 +220,19 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[s
             if child is not None and (child._parameters or child._modules or type(child) not in checked)
         ]
     return found
+
+
+def strip_parts(strip: Collection[str]) -> tuple[frozenset[str], tuple[str, ...], frozenset[str]]:
+    """``names.strip_components`` as a set, its leading (dotted) entries such as PEFT's
+    ``base_model.model``, and the child names that may change a prefix (the set plus each leading
+    entry's last name)."""
+
+    def build() -> tuple[frozenset[str], tuple[str, ...], frozenset[str]]:
+        components = frozenset(strip)
+        leads = tuple(lead for lead in components if "." in lead)
+        return components, leads, components | {lead.rpartition(".")[2] for lead in leads}
+
+    return memo_by_identity("strip", strip, build)
 
 
 def _holds_parameters(module: Any) -> bool:
@@ -232,6 +267,19 @@ ModuleState = tuple[Resolution, bool]
 _CACHE_LIMIT = 65_536  # distinct (rule, groups) layer ids kept; beyond it the cache starts again
 
 
+def _index_rules(rules: Sequence[LayerRule]) -> tuple[list[Any], list[tuple[int, Any, bool, int]], list[tuple[tuple[str, int], ...]], list[Any]]:
+    """Per rule: its search, (index, search, reads the full name, dots read) for the rules a module
+    prefix can match, its named groups' positions, and its compiled formula."""
+    searches = [rule.pattern.search for rule in rules]
+    module_rules = [
+        (index, rule.pattern.search, match_scope(rule.pattern) == NAME, prefix_dots(rule.pattern))
+        for index, rule in enumerate(rules)
+        if match_scope(rule.pattern) != ROOT
+    ]
+    named = [tuple((name, index - 1) for name, index in rule.pattern.groupindex.items()) for rule in rules]
+    return searches, module_rules, named, [rule.layer.evaluator for rule in rules]
+
+
 class LayerIdentifier:
     """Maps canonical names to layer ids with the first rule that matches, else the plugin ids, else the default.
 
@@ -246,17 +294,9 @@ class LayerIdentifier:
         self.plugin_ids = plugin_ids or {}
         self.env = dict(env)
         self.used = [False] * len(rules)
-        self._searches = [rule.pattern.search for rule in rules]
-        # (index, search, reads the full name, dots read) of each rule a module prefix can match
-        self._module_rules = [
-            (index, rule.pattern.search, match_scope(rule.pattern) == NAME, prefix_dots(rule.pattern))
-            for index, rule in enumerate(rules)
-            if match_scope(rule.pattern) != ROOT
-        ]
+        self._searches, self._module_rules, self._named, self._formulas = memo_by_identity("layer rules", rules, lambda: _index_rules(rules))
         checked = checked_env(self.env)
-        self._envs = [checked if not rule.pattern.groupindex else type(checked)(checked) for rule in rules]
-        self._named = [tuple((name, index - 1) for name, index in rule.pattern.groupindex.items()) for rule in rules]
-        self._formulas = [rule.layer.evaluator for rule in rules]
+        self._envs = [type(checked)(checked) if named else checked for named in self._named]
         self._cache: dict[tuple[int, tuple[str | None, ...]], int] = {}
         self._default = (self._evaluate(default.formula, self.env, default.path, default.origin), DEFAULT) if default else None
 
@@ -382,8 +422,7 @@ def collect_modules(model: Any, strip: Collection[str]) -> list[ModuleEntry]:
     module class that overrides ``named_modules`` or ``named_parameters`` is walked through
     ``named_modules()`` instead, so such overrides are honoured.
     """
-    strip = frozenset(strip)
-    leads = tuple(lead for lead in strip if "." in lead)  # leading prefixes, e.g. PEFT's base_model.model
+    strip, leads, _ = strip_parts(strip)  # leads: leading prefixes, e.g. PEFT's base_model.model
     out: list[ModuleEntry] = []
     seen: set[int] = set()
     stack: list[tuple[str, str, Any, int]] = [("", "", model, -1)]

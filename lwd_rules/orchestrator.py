@@ -26,9 +26,11 @@ from lwd_rules.identify import (
     canonical_name,
     canonicalizer,
     class_names,
-    walks_like_module,
     collect_modules,
     count_variables,
+    memo_by_identity,
+    strip_parts,
+    walks_like_module,
 )
 from lwd_rules.plan import Convention, ParamRow, Plan, Skipped
 from lwd_rules.expr import parse_formula
@@ -546,6 +548,14 @@ def _tail_needed(text: str) -> int | None:
     return suffix.count(".") - (1 if suffix.startswith(".") else 0)
 
 
+def _exclusion_reach(exclusions: Sequence[Any]) -> tuple[bool, int, frozenset[str] | None]:
+    """What the exclude entries read: whether only (trailing module names, leaf, ndim, class), how
+    many trailing module names, and which names the globs spell out (see ``_Walk._stub``)."""
+    tails = [_tail_needed(e.text) for e in exclusions]
+    tail = max((t for t in tails if t is not None), default=0)
+    return None not in tails, tail, _named_components([e.text for e, t in zip(exclusions, tails) if t])
+
+
 def _named_components(texts: list[str]) -> frozenset[str] | None:
     """The module names suffix globs (``*.grn.weight``) spell out; None when one starts mid-name
     (``*grn.weight``), which any component may end with."""
@@ -575,15 +585,14 @@ class _Walk:
         self.claim = resolver.claim
         self.identifier = identifier
         rules = resolver.rules
-        self.strip = frozenset(rules.strip_components)
+        self.strip_components = rules.strip_components
+        self.strip = strip_parts(rules.strip_components)[0]
         self.base_wd = rules.config.weight_decay.value
         self.no_wd = resolver._model_no_weight_decay()
         self.exclusions = rules.exclusions
         self.overrides = rules.overrides
-        tails = [_tail_needed(e.text) for e in self.exclusions]
-        self.cacheable = not self.overrides and not self.no_wd.globs and None not in tails
-        self.tail = max((t for t in tails if t is not None), default=0)
-        self.components = _named_components([e.text for e, t in zip(self.exclusions, tails) if t])
+        names_only, self.tail, self.components = memo_by_identity("exclusions", self.exclusions, lambda: _exclusion_reach(self.exclusions))
+        self.cacheable = not self.overrides and not self.no_wd.globs and names_only
         self.keys: list[tuple[int, int, float, float]] = []  # (layer id, rule index, weight decay, lr_mult)
         self.members: list[list[Any]] = []
         self.frozen: list[str] = []
@@ -607,9 +616,7 @@ class _Walk:
     def run(self, model: Any) -> bool:
         """Walk ``model`` with an explicit stack; False (and nothing usable) when a module class
         overrides ``named_modules``/``named_parameters``: ``run_listed`` then honours it."""
-        strip = self.strip
-        leads = tuple(lead for lead in strip if "." in lead)  # leading prefixes, e.g. PEFT's base_model.model
-        renamers = strip | {lead.rpartition(".")[2] for lead in leads}  # child names that may change a prefix
+        strip, leads, renamers = strip_parts(self.strip_components)  # leads: e.g. PEFT's base_model.model
         for_module = self.identifier.for_module
         fast = self.cacheable and self.claim is None
         tail, stub_of = self.tail, self._stub

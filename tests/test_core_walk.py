@@ -335,3 +335,14 @@ def test_parameters_in_a_group_keep_the_model_order_across_wrapper_names():
         ("layer_0_decay", ["a.weight", "module.weight", "b.weight"]),
         ("layer_0_no_decay", ["a.bias", "module.bias", "b.bias"]),
     ]
+
+
+def test_what_a_rule_set_implies_is_worked_out_once_per_loaded_rule_set():
+    from lwd_rules.identify import memo_by_identity
+
+    calls = []
+    key, twin = ("a", "b"), tuple(["a", "b"])  # equal, but another object
+    first = memo_by_identity("test", key, lambda: calls.append(1) or ["built"])
+    assert memo_by_identity("test", key, lambda: calls.append(1) or ["again"]) is first
+    assert memo_by_identity("test", twin, lambda: calls.append(1) or ["twin"]) == ["twin"]
+    assert len(calls) == 2
