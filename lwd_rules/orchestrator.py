@@ -644,9 +644,11 @@ class _Walk:
                 if not walks_like_module(kind):
                     return False
                 checked.add(kind)
-            if state is None:
-                state = for_module(cprefix)
             params = module._parameters
+            if state is None:
+                if not children and all(p is None or id(p) in seen for p in params.values()):
+                    continue  # a leaf with nothing new (met before, or empty): no rule may count it as used
+                state = for_module(cprefix)
             if params:
                 answer = state[0]
                 if fast and answer is not None and not callable(answer):

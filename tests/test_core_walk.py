@@ -346,3 +346,12 @@ def test_what_a_rule_set_implies_is_worked_out_once_per_loaded_rule_set():
     assert memo_by_identity("test", key, lambda: calls.append(1) or ["again"]) is first
     assert memo_by_identity("test", twin, lambda: calls.append(1) or ["twin"]) == ["twin"]
     assert len(calls) == 2
+
+
+def test_a_rule_that_matches_only_the_second_place_of_a_shared_module_is_unused():
+    shared = nn.Linear(2, 2, bias=False)
+    model = nn.Module()
+    model.first, model.second = shared, shared  # named_parameters() lists first.weight only
+    rules = {"layers": {"num_layers": 0, "rules": [{"match": r"^second\.", "layer": 0}], "default": 0}}
+    with pytest.raises(Exception, match=r"'\^second\\\\\.' matches no parameter"):
+        run(model, rules)
