@@ -271,7 +271,11 @@ class _Resolver:
         self.plugin_owner = ""
         self.allowed_unused: Callable[[], list[str]] = list
         self.warnings: list[str] = []
-        self.top = rules.chain[-1][0].locate(())
+
+    @functools.cached_property
+    def top(self) -> Location:
+        """Where problems without a field of their own point: the top of the last rule file."""
+        return self.rules.chain[-1][0].locate(())
 
     def report(self, mode: str | None, problem: Problem) -> None:
         if mode == "ignore":
@@ -479,7 +483,8 @@ class _Resolver:
             return _NameSet(frozenset(), ())
         method = getattr(self.bare, "no_weight_decay", None)
         names: Iterable[str] = method() if callable(method) else ()
-        canonical = {canonical_name(n, self.rules.strip_components) for n in names}
+        strip = self.rules.strip_components
+        canonical = set(map(memo_by_identity("canonicalizer", strip, lambda: canonicalizer(strip)), names))
         exact = frozenset(n for n in canonical if not _GLOB_CHARS & set(n))
         return _NameSet(exact, tuple(re.compile(fnmatch.translate(n)) for n in sorted(canonical - exact)))
 
@@ -646,8 +651,12 @@ class _Walk:
                 checked.add(kind)
             params = module._parameters
             if state is None:
-                if not children and all(p is None or id(p) in seen for p in params.values()):
-                    continue  # a leaf with nothing new (met before, or empty): no rule may count it as used
+                if not children:  # a leaf with nothing new (empty, or met before): no rule may count it as used
+                    if not params:
+                        continue
+                    first = next(iter(params.values()))
+                    if (first is None or id(first) in seen) and all(p is None or id(p) in seen for p in params.values()):
+                        continue
                 state = for_module(cprefix)
             if params:
                 answer = state[0]
