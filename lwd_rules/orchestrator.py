@@ -895,6 +895,20 @@ class _Rows(Sequence[ParamRow]):
         self._built()
         return self._tensors
 
+    def assignments(self) -> list[list[Any]]:
+        """``[canonical name, layer id, repr(lr scale), repr(weight decay), group]`` per row, for
+        ``Plan.fingerprint``: from the built rows when there are some, else straight from a walk."""
+        if self._rows is not None:
+            canonical = canonicalizer(self._source[0].strip)
+            return [[canonical(r.name), r.layer_id, repr(r.lr_scale), repr(r.weight_decay), r.group] for r in self._rows]
+        walk, final, groups, _ = self._source
+        grouped = {k for k, group in enumerate(final) if group >= 0}
+        entries = {k: (walk.keys[k][0], repr(groups[final[k]]["lr_scale"]), repr(walk.keys[k][2]), groups[final[k]]["group_name"]) for k in grouped}
+        out = [[canon, *entries[k]] for _, canon, _, k in walk.rows(grouped)]
+        if len(out) != sum(len(walk.members[k]) for k in grouped):
+            raise RuntimeError("the model's parameters changed after resolve(): resolve it again to list them")
+        return out
+
     def __len__(self) -> int:
         return len(self._built())
 

@@ -99,11 +99,16 @@ class Plan:
 
         Names are canonical, so a DDP- or ``torch.compile``-wrapped model has the bare model's fingerprint.
         """
-        canonical = canonicalizer(self.rules.strip_components)
+        assignments = getattr(self.params, "assignments", None)  # the same lists, without building rows
+        if assignments is None:
+            canonical = canonicalizer(self.rules.strip_components)
+            params = [[canonical(r.name), r.layer_id, repr(r.lr_scale), repr(r.weight_decay), r.group] for r in self.params]
+        else:
+            params = assignments()
         payload = {
             "rules": self.rules.data,
             "groups": [[g["group_name"], repr(g["lr_scale"]), repr(g["weight_decay"])] for g in self.param_groups],
-            "params": [[canonical(r.name), r.layer_id, repr(r.lr_scale), repr(r.weight_decay), r.group] for r in self.params],
+            "params": params,
         }
         text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -355,3 +355,12 @@ def test_a_rule_that_matches_only_the_second_place_of_a_shared_module_is_unused(
     rules = {"layers": {"num_layers": 0, "rules": [{"match": r"^second\.", "layer": 0}], "default": 0}}
     with pytest.raises(Exception, match=r"'\^second\\\\\.' matches no parameter"):
         run(model, rules)
+
+
+def test_the_fingerprint_is_the_same_with_or_without_the_rows_built():
+    registry = new_registry()
+    rules = load_rules(COUNTED, registry=registry)
+    fresh = resolve(grn_model(), rules, registry=registry)
+    listed = resolve(grn_model(), rules, registry=registry)
+    assert len(listed.params) == 9  # rows built: the fingerprint reads them
+    assert fresh.fingerprint() == listed.fingerprint()
