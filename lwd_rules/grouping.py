@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container, Sequence
 from typing import Any
 
 
@@ -25,6 +26,15 @@ class Grouper:
             self._params[index] += params
             self._layer_ids[index].add(layer_id)
         return index
+
+    def add_keys(self, keys: Sequence[tuple[int, int, float, float]], members: Sequence[list[Any]], scales: Sequence[float], left_out: Container[int]) -> list[int]:
+        """``add_many`` for each (layer id, rule, weight decay, lr_mult) key and its parameters, in
+        order, at ``scales[layer id] × lr_mult``; returns each key's group index (-1: left out)."""
+        add_many = self.add_many
+        return [
+            -1 if index in left_out else add_many(params, scales[layer_id] * mult, wd, layer_id)
+            for index, ((layer_id, _, wd, mult), params) in enumerate(zip(keys, members))
+        ]
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The groups for ``torch.optim``: params, lr_scale, weight_decay, group_name, layer_ids.

@@ -325,9 +325,7 @@ class _Resolver:
         self.fail_if_problems()
         below = {key_index for key_index, key in enumerate(walk.keys) if decay.below_min == "freeze" and raw_scales[key[0]] < decay.min_scale}
         grouper = Grouper()
-        final: list[int] = []
-        for key_index, (layer_id, _, wd, mult) in enumerate(walk.keys):
-            final.append(-1 if key_index in below else grouper.add_many(walk.members[key_index], scales[layer_id] * mult, wd, layer_id))
+        final = grouper.add_keys(walk.keys, walk.members, scales, below)
         skipped = [Skipped(name, "requires_grad is False") for name in walk.frozen]
         skipped += [Skipped(name, "no rule matches") for name, _ in walk.unmatched]
         skipped += [Skipped(name, "frozen by an override") for name, _ in walk.override_frozen]
@@ -692,9 +690,11 @@ class _Walk:
                             if wd is None:
                                 wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], class_names(kind), mark_all=True)
                         target = bucket.get(wd)
-                        if target is None:
+                        if target is None:  # first parameter of this answer with this weight decay
                             k = key_index.get((answer, wd, 1.0))
-                            target = bucket[wd] = members[self._key(answer, wd, 1.0) if k is None else k]
+                            if k is None:
+                                k = self._key(answer, wd, 1.0)
+                            target = bucket[wd] = members[k]
                         target.append(param)
                 else:
                     self._params(params, prefix, cprefix, answer, kind)
