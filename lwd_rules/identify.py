@@ -277,44 +277,7 @@ def _index_rules(rules: Sequence[LayerRule]) -> tuple[list[Any], list[tuple[int,
         if match_scope(rule.pattern) != ROOT
     ]
     named = [tuple((name, index - 1) for name, index in rule.pattern.groupindex.items()) for rule in rules]
-    return searches, module_rules, named, [rule.layer.evaluator for rule in rules], _combined_prefix_rules(rules, module_rules)
-
-
-_NAMED_GROUP = re.compile(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>")
-
-# One regex for a run of prefix rules: its search, then per alternative (rule index, position of
-# the rule's first group among all groups, number of its groups, most dots read by the rules before it).
-Combined = tuple[Callable[[str], "re.Match[str] | None"], dict[int, tuple[int, int, int, int]], int]
-
-
-def _combined_prefix_rules(rules: Sequence[LayerRule], module_rules: list[tuple[int, Any, bool, int]]) -> Combined | None:
-    """When every rule a module prefix can match reads only the prefix, one alternation of them
-    answers as the loop over them does (all are anchored at the start, so the first alternative
-    that matches is the first rule that matches) in one search instead of one per rule. None
-    whenever that cannot be shown: a rule that reads whole names, flags, or group names that do
-    not survive renaming."""
-    if len(module_rules) < 2 or any(by_name for _, _, by_name, _ in module_rules):
-        return None
-    patterns = [rules[index].pattern for index, _, _, _ in module_rules]
-    if len({pattern.flags for pattern in patterns}) != 1 or not all(pattern.pattern.startswith("^") for pattern in patterns):
-        return None
-    parts, alternatives, position, most = [], {}, 0, 0
-    for number, ((index, _, _, dots), pattern) in enumerate(zip(module_rules, patterns)):
-        body, renamed = _NAMED_GROUP.subn(lambda m, n=number: f"(?P<_{n}_{m.group(1)}>", pattern.pattern[1:])  # unique names
-        if renamed != len(pattern.groupindex):  # "(?P<" spelled some other way (escaped, in a class)
-            return None
-        parts.append(f"(?P<_{number}>{body})")
-        alternatives[position + 1] = (index, position + 1, pattern.groups, most)  # keyed by the outer group's number
-        position += 1 + pattern.groups
-        most = max(most, dots)
-    try:
-        combined = re.compile("^(?:" + "|".join(parts) + ")", patterns[0].flags)
-    except re.error:
-        return None
-    expected = {f"_{n}_{name}" for n, pattern in enumerate(patterns) for name in pattern.groupindex} | {f"_{n}" for n in range(len(patterns))}
-    if combined.groups != position or set(combined.groupindex) != expected:
-        return None
-    return combined.search, alternatives, most
+    return searches, module_rules, named, [rule.layer.evaluator for rule in rules]
 
 
 class LayerIdentifier:
@@ -331,7 +294,7 @@ class LayerIdentifier:
         self.plugin_ids = plugin_ids or {}
         self.env = dict(env)
         self.used = [False] * len(rules)
-        self._searches, self._module_rules, self._named, self._formulas, self._combined = memo_by_identity("layer rules", rules, lambda: _index_rules(rules))
+        self._searches, self._module_rules, self._named, self._formulas = memo_by_identity("layer rules", rules, lambda: _index_rules(rules))
         checked = checked_env(self.env)
         self._envs = [type(checked)(checked) if named else checked for named in self._named]
         self._cache: dict[tuple[int, tuple[str | None, ...]], int] = {}
@@ -349,8 +312,6 @@ class LayerIdentifier:
             return self.identify, False
         depth = prefix.count(".") + 1
         probe = prefix + "."
-        if self._combined is not None:
-            return self._for_module_combined(probe, depth)
         final = True
         pending: list[int] | None = None
         for index, search, by_name, dots in self._module_rules:
@@ -370,18 +331,6 @@ class LayerIdentifier:
         if self.plugin_ids:
             return self._after_rules, False
         return self._default, final
-
-    def _for_module_combined(self, probe: str, depth: int) -> ModuleState:
-        """``for_module`` with one search over all the prefix rules (see ``_combined_prefix_rules``)."""
-        search, alternatives, most = self._combined  # type: ignore[misc]
-        found = search(probe)
-        if found is None:
-            if self.plugin_ids:
-                return self._after_rules, False
-            return self._default, most <= depth
-        index, start, count, before = alternatives[found.lastindex]  # type: ignore[index]
-        self.used[index] = True
-        return (self._layer_id(index, found.groups()[start : start + count], probe), index), before <= depth
 
     def _by_name(self, pending: list[int], won: tuple[int, tuple[str | None, ...]] | None) -> Callable[[str], Answer | None]:
         """The answer for a module whose name-reading rules come before the prefix rule that won (if any)."""

@@ -364,38 +364,3 @@ def test_the_fingerprint_is_the_same_with_or_without_the_rows_built():
     listed = resolve(grn_model(), rules, registry=registry)
     assert len(listed.params) == 9  # rows built: the fingerprint reads them
     assert fresh.fingerprint() == listed.fingerprint()
-
-
-PREFIX_RULES = [
-    {"match": r"^stem\.", "layer": 0},
-    {"match": r"^stages\.(?P<stage>\d+)\.downsample\.", "layer": "stage * 10"},
-    {"match": r"^stages\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.", "layer": "stage * 10 + block + 1"},
-    {"match": r"^(?:cls_token|pos_embed)$", "layer": 0},  # root only: not part of the alternation
-    {"match": r"^head\.", "layer": 99},
-]
-PREFIXES = ["stem", "stem.conv", "stages", "stages.1", "stages.1.downsample", "stages.1.downsample.0", "stages.2.blocks",
-            "stages.2.blocks.7", "stages.2.blocks.7.mlp.fc1", "head", "head.fc", "neck", "stages.x.blocks.1"]
-
-
-@pytest.mark.parametrize("default", [None, 5])
-def test_one_search_over_the_prefix_rules_answers_as_the_loop_over_them(default):
-    from lwd_rules.identify import LayerIdentifier
-
-    rules = load_rules({"layers": {"num_layers": 100, "rules": PREFIX_RULES, **({"default": default} if default is not None else {})}}, registry=new_registry())
-    combined = LayerIdentifier(rules.rules, rules.default, {"num_layers": 100})
-    looped = LayerIdentifier(rules.rules, rules.default, {"num_layers": 100})
-    assert combined._combined is not None
-    looped._combined = None
-    for prefix in PREFIXES:
-        assert combined.for_module(prefix) == looped.for_module(prefix), prefix
-    assert combined.used == looped.used
-
-
-def test_a_pattern_that_only_looks_like_a_named_group_keeps_the_loop():
-    from lwd_rules.identify import LayerIdentifier
-
-    rules = load_rules({"layers": {"num_layers": 2, "rules": [{"match": r"^a\(?P<x>\.", "layer": 1}, {"match": r"^b\.", "layer": 2}], "default": 0}}, registry=new_registry())
-    identifier = LayerIdentifier(rules.rules, rules.default, {"num_layers": 2})
-    assert identifier._combined is None  # "\(?P<x>" is an optional "(" then "P<x>", not a group
-    assert identifier.for_module("a(P<x>")[0] == (1, 0)
-    assert identifier.for_module("b")[0] == (2, 1)
