@@ -873,20 +873,27 @@ class _Rows(Sequence[ParamRow]):
         self._rows: list[ParamRow] | None = None
         self._tensors: list[Any] = []
 
+    def _walked(self) -> list[tuple[str, str, Any, int]]:
+        """``(name, canonical name, tensor, key)`` of every grouped parameter, from a second walk of
+        the model, which must still hold the parameters it held at ``resolve()``."""
+        walk, final, _, _ = self._source
+        grouped = {k for k, group in enumerate(final) if group >= 0}
+        walked = list(walk.rows(grouped))
+        if len(walked) != sum(len(walk.members[k]) for k in grouped):
+            raise RuntimeError("the model's parameters changed after resolve(): resolve it again to list them")
+        return walked
+
     def _built(self) -> list[ParamRow]:
         if self._rows is None:
             walk, final, groups, rule_labels = self._source
             labels = rule_labels()
-            grouped = {k for k, group in enumerate(final) if group >= 0}
             rows = []
             tensors = []
-            for name, _, param, k in walk.rows(grouped):
+            for name, _, param, k in self._walked():
                 layer_id, source, wd, _ = walk.keys[k]
                 entry = groups[final[k]]
                 rows.append(ParamRow(name, layer_id, entry["lr_scale"], wd, entry["group_name"], *labels[source], param.numel(), param.ndim))
                 tensors.append(param)
-            if len(rows) != sum(len(walk.members[k]) for k in grouped):
-                raise RuntimeError("the model's parameters changed after resolve(): resolve it again to list them")
             self._rows, self._tensors = rows, tensors
         return self._rows
 
@@ -898,16 +905,15 @@ class _Rows(Sequence[ParamRow]):
     def assignments(self) -> list[list[Any]]:
         """``[canonical name, layer id, repr(lr scale), repr(weight decay), group]`` per row, for
         ``Plan.fingerprint``: from the built rows when there are some, else straight from a walk."""
-        if self._rows is not None:
-            canonical = canonicalizer(self._source[0].strip)
-            return [[canonical(r.name), r.layer_id, repr(r.lr_scale), repr(r.weight_decay), r.group] for r in self._rows]
         walk, final, groups, _ = self._source
-        grouped = {k for k, group in enumerate(final) if group >= 0}
-        entries = {k: (walk.keys[k][0], repr(groups[final[k]]["lr_scale"]), repr(walk.keys[k][2]), groups[final[k]]["group_name"]) for k in grouped}
-        out = [[canon, *entries[k]] for _, canon, _, k in walk.rows(grouped)]
-        if len(out) != sum(len(walk.members[k]) for k in grouped):
-            raise RuntimeError("the model's parameters changed after resolve(): resolve it again to list them")
-        return out
+        if self._rows is not None:
+            canonical = canonicalizer(walk.strip)
+            return [[canonical(r.name), r.layer_id, repr(r.lr_scale), repr(r.weight_decay), r.group] for r in self._rows]
+        entries: dict[int, tuple[Any, ...]] = {}
+        for k, group in enumerate(final):
+            if group >= 0:
+                entries[k] = (walk.keys[k][0], repr(groups[group]["lr_scale"]), repr(walk.keys[k][2]), groups[group]["group_name"])
+        return [[canon, *entries[k]] for _, canon, _, k in self._walked()]
 
     def __len__(self) -> int:
         return len(self._built())
