@@ -30,26 +30,9 @@ from torch import nn
 
 import lwd_rules
 from lwd_rules import create_optimizer, load_rules, resolve
-from lwd_rules.testing import many_blocks_model
+from lwd_rules.testing import MANY_BLOCKS_RULES, many_blocks_model
 
 HERE = Path(__file__).parent
-
-SYNTHETIC_RULES = {
-    "version": 1,
-    "layers": {
-        "count": {"blocks": r"^blocks\.(\d+)\."},
-        "num_layers": 24,
-        "rules": [
-            {"match": r"^stem\.", "layer": 0},
-            {"match": r"^blocks\.(?P<block>\d+)\.", "layer": "block * 24 // blocks + 1"},
-        ],
-        "default": "num_layers + 1",
-    },
-    "layer_decay": {"rate": 0.9},
-    "weight_decay": {"value": 0.05, "exclude": ["ndim<=1", "*.bias"]},
-    "optimizer": {"name": "adamw", "lr": 1e-3},
-}
-
 
 def best_of(fn: Callable[[], Any], *, budget: float = 1.0, least: int = 5, most: int = 300) -> float:
     """Fastest of repeated runs, measured like ``timeit``: the garbage collector is off while timing
@@ -113,7 +96,7 @@ def measure(label: str, model: nn.Module, rules: Any) -> dict[str, Any]:
 
 
 def optimizer_scaling(sizes: list[int]) -> list[dict[str, Any]]:
-    rules = load_rules(SYNTHETIC_RULES)
+    rules = load_rules(MANY_BLOCKS_RULES)
     out = []
     for size in sizes:
         with torch.device("meta"):
@@ -192,7 +175,7 @@ def main() -> int:
         print(rows[-1], file=sys.stderr)
     with torch.device("meta"):
         synthetic = many_blocks_model((args.synthetic - 4) // 4)
-    rows.append(measure(f"synthetic ({args.synthetic:,} tensors)", synthetic, load_rules(SYNTHETIC_RULES)))
+    rows.append(measure(f"synthetic ({args.synthetic:,} tensors)", synthetic, load_rules(MANY_BLOCKS_RULES)))
     print(rows[-1], file=sys.stderr)
     del synthetic
     scaling = optimizer_scaling(sorted({10_000, 50_000, args.synthetic}))

@@ -154,7 +154,7 @@ def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str],
     by_prefix, by_name, depth = memo_by_identity("counts", counts, lambda: _split_counts(counts))
     out: dict[str, int | list[int]] = {}
     if by_name:
-        names = [_join(cprefix, leaf) for _, cprefix, params, _, _ in collect_modules(model, strip) for leaf in params]
+        names = [join_name(cprefix, leaf) for _, cprefix, params, _, _ in collect_modules(model, strip) for leaf in params]
         out.update((count.name, _count_value(count, names)) for count in by_name)
     if by_prefix:
         if exact:
@@ -253,7 +253,8 @@ def _holds_parameters(module: Any) -> bool:
     return False
 
 
-def _join(prefix: str, leaf: str) -> str:
+def join_name(prefix: str, leaf: str) -> str:
+    """``prefix.leaf``, or ``leaf`` for the root module's own parameters."""
     return f"{prefix}.{leaf}" if prefix else leaf
 
 

@@ -28,6 +28,7 @@ from lwd_rules.identify import (
     class_names,
     collect_modules,
     count_variables,
+    join_name,
     memo_by_identity,
     strip_parts,
     walks_like_module,
@@ -137,7 +138,7 @@ def _resolve_chains(model: Any, rules: RuleSet, registry: Registry, strict: bool
     model's parameter order and say their chain.
     """
     modules = collect_modules(model, rules.strip_components)
-    names = [_join(cprefix, leaf) for _, cprefix, params, _, _ in modules for leaf, p in params.items() if p is not None]
+    names = [join_name(cprefix, leaf) for _, cprefix, params, _, _ in modules for leaf, p in params.items() if p is not None]
     owners: dict[str, list[str]] = {}
     for chain in rules.chains:
         for name in names:
@@ -388,7 +389,7 @@ class _Resolver:
         seen: dict[str, str] = {}
         for prefix, cprefix, params, _, _ in modules:
             for leaf in params:
-                name, canon = _join(prefix, leaf), _join(cprefix, leaf)
+                name, canon = join_name(prefix, leaf), join_name(cprefix, leaf)
                 other = seen.setdefault(canon, name)
                 if other != name:
                     self.problems.append(Problem(self.top, "names.strip_components", f"{other!r} and {name!r} both become {canon!r} once wrapper components are removed"))
@@ -500,7 +501,7 @@ class _Resolver:
             if not chosen:
                 return []
             modules = collect_modules(self.model, self.rules.strip_components)
-            named = [(_join(cprefix, leaf), p.ndim, class_names(kind)) for _, cprefix, params, _, kind in modules for leaf, p in params.items() if p is not None]
+            named = [(join_name(cprefix, leaf), p.ndim, class_names(kind)) for _, cprefix, params, _, kind in modules for leaf, p in params.items() if p is not None]
             return [(entry, path, text) for entry, path, text, test in chosen if not any(test(n, d, k) for n, d, k in named)]
 
         for entry, path, text in unmatched([c for c in candidates if not c[0].allow_unused]):
@@ -526,10 +527,6 @@ class _NameSet:
 
     def __call__(self, name: str) -> bool:
         return name in self.exact or any(glob.match(name) for glob in self.globs)
-
-
-def _join(prefix: str, leaf: str) -> str:
-    return f"{prefix}.{leaf}" if prefix else leaf
 
 
 _GLOB_CHARS = frozenset("*?[")
@@ -679,7 +676,7 @@ class _Walk:
                             continue
                         seen_add(pid)
                         if not param.requires_grad:
-                            self.frozen.append(_join(prefix, leaf))
+                            self.frozen.append(join_name(prefix, leaf))
                             self._frozen_answers.add(answer)
                             continue
                         if leaf in module_no_wd:
@@ -755,7 +752,7 @@ class _Walk:
                 self.shared = True
                 continue
             seen.add(id(param))
-            name, cname = _join(prefix, leaf), _join(cprefix, leaf)
+            name, cname = join_name(prefix, leaf), join_name(cprefix, leaf)
             if claim is not None and not claim(cname):
                 continue  # another chain's parameter
             if not param.requires_grad:
@@ -808,7 +805,7 @@ class _Walk:
                 seen.add(id(param))
                 k = key_of.get(id(param))
                 if k is not None:
-                    yield _join(prefix, leaf), _join(cprefix, leaf), param, k
+                    yield join_name(prefix, leaf), join_name(cprefix, leaf), param, k
 
     def _stub(self, cprefix: str) -> str:
         """A stand-in prefix that every cacheable exclude entry answers as it answers ``cprefix``:

@@ -47,12 +47,31 @@ def assert_layer_ids(model: Any, source: Source | None, expected: Mapping[str, i
     return plan
 
 
+# Rules for many_blocks_model: stem -> 0, the blocks spread over ids 1..24 by a formula that reads
+# their count, the head -> 25; decay 0.9, no weight decay for 1-D tensors and biases.
+MANY_BLOCKS_RULES: dict[str, Any] = {
+    "version": 1,
+    "layers": {
+        "count": {"blocks": r"^blocks\.(\d+)\."},
+        "num_layers": 24,
+        "rules": [
+            {"match": r"^stem\.", "layer": 0},
+            {"match": r"^blocks\.(?P<block>\d+)\.", "layer": "block * 24 // blocks + 1"},
+        ],
+        "default": "num_layers + 1",
+    },
+    "layer_decay": {"rate": 0.9},
+    "weight_decay": {"value": 0.05, "exclude": ["ndim<=1", "*.bias"]},
+    "optimizer": {"name": "adamw", "lr": 1e-3},
+}
+
+
 def many_blocks_model(blocks: int) -> Any:
     """``stem`` (Linear), ``blocks.0`` ... ``blocks.{blocks - 1}`` (each a Linear ``fc`` and a
     LayerNorm ``norm``) and ``head`` (Linear): ``4 * blocks + 4`` tensors of 2 or 4 numbers.
 
     Built on the current device, so ``with torch.device("meta"):`` makes 100,000 tensors cost no
-    memory. ``make bench`` and the scaling guard in ``make test`` use it.
+    memory. ``make bench`` and the scaling guard in ``make test`` use it, with ``MANY_BLOCKS_RULES``.
     """
     from torch import nn
 

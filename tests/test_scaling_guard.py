@@ -18,22 +18,7 @@ from lwd_rules import identify
 from lwd_rules.identify import LayerIdentifier
 from lwd_rules.orchestrator import _Walk
 from lwd_rules.plugins import new_registry
-from lwd_rules.testing import many_blocks_model
-
-RULES = {
-    "layers": {
-        "count": {"blocks": r"^blocks\.(\d+)\."},
-        "num_layers": 24,
-        "rules": [
-            {"match": r"^stem\.", "layer": 0},
-            {"match": r"^blocks\.(?P<block>\d+)\.", "layer": "block * 24 // blocks + 1"},
-        ],
-        "default": "num_layers + 1",
-    },
-    "layer_decay": {"rate": 0.9},
-    "weight_decay": {"value": 0.05, "exclude": ["ndim<=1", "*.bias"]},
-}
-
+from lwd_rules.testing import MANY_BLOCKS_RULES, many_blocks_model
 
 def counted(monkeypatch: pytest.MonkeyPatch, owner: type, name: str, calls: dict[str, int]) -> None:
     original = getattr(owner, name)
@@ -53,7 +38,7 @@ def work(monkeypatch: pytest.MonkeyPatch, blocks: int) -> tuple[dict[str, int], 
         for owner, name in [(LayerIdentifier, "for_module"), (Formula, "__call__"), (LayerIdentifier, "identify"), (_Walk, "_weight_decay"), (Grouper, "add_many")]:
             counted(patch, owner, name, calls)
         counted(patch, identify, "_holds_parameters", calls)
-        plan = resolve(model, load_rules(RULES, registry=new_registry()), registry=new_registry())
+        plan = resolve(model, load_rules(MANY_BLOCKS_RULES, registry=new_registry()), registry=new_registry())
     tensors = len(plan.params)
     assert tensors == 4 * blocks + 4
     return calls, tensors, len(plan.param_groups)
