@@ -37,6 +37,7 @@ _MAX_TREE_DEPTH = 100  # keeps parse-time and eval-time recursion shallow
 _MAX_EXPONENT = 64
 _MAX_INT = 10**18
 _MAX_LIST_LENGTH = 10_000
+_SMALL = 2**24  # ints (and list items) up to this size take the compiled fast path (see _native)
 _EMPTY_ENV: Env = {}
 _WHITESPACE = str.maketrans("\t\n\r\f\v", "     ")
 
@@ -98,6 +99,8 @@ def parse_formula(source: str | int | float) -> Formula:
         value = run(_EMPTY_ENV)
         # A constant list is shared between calls; hand out copies.
         run = (lambda env: list(value)) if isinstance(value, list) else (lambda env: value)
+    else:
+        run = _native(tree.body, run) or run
     return Formula(source, frozenset(compiler.variables), run)
 
 
@@ -191,7 +194,23 @@ def _env_value(name: str, value: object) -> Value:
 
 class CheckedEnv(dict):  # type: ignore[type-arg]
     """An environment whose lists were checked once (``checked_env``), so a formula evaluated
-    many times does not check them again; every other value is checked at each use."""
+    many times does not check them again; every other value is checked at each use.
+
+    ``small`` holds the lists whose items are all ints within ±``_SMALL``, which compiled
+    formulas may read with plain Python arithmetic (see ``_native``).
+    """
+
+    small: dict[str, list[int | float]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.small = {}
+
+    def copy(self) -> CheckedEnv:
+        """A copy that keeps what was checked."""
+        out = CheckedEnv(self)
+        out.small = dict(self.small)
+        return out
 
 
 def checked_env(env: Env) -> dict[str, object]:
@@ -201,9 +220,11 @@ def checked_env(env: Env) -> dict[str, object]:
     for name, value in env.items():
         if isinstance(value, (list, tuple)):
             try:
-                out[name] = _env_value(name, value)
+                out[name] = checked = _env_value(name, value)
             except FormulaError:
                 return dict(env)
+            if all(x.__class__ is int and -_SMALL <= x <= _SMALL for x in checked):  # type: ignore[union-attr]
+                out.small[name] = checked  # type: ignore[assignment]
     return out
 
 
@@ -526,3 +547,136 @@ _HANDLERS: dict[type[ast.AST], Callable[[_Compiler, Any, int], _Code]] = {
     ast.Subscript: _Compiler.subscript,
     ast.Call: _Compiler.call,
 }
+
+
+# --------------------------------------------------------------------------
+# Compilation to one Python function, for small integers
+
+
+class _NotNative(Exception):
+    """The formula (or this part of it) has no native fast path."""
+
+
+class _Typed(NamedTuple):
+    """Python source for a sub-expression, its type, the largest magnitude it can take and, for a
+    list, the most items it can hold."""
+
+    source: str
+    is_list: bool
+    bound: int
+    length: int = 0
+
+
+_NATIVE_OPERATORS: dict[type[ast.operator], str] = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Mod: "%"}
+
+
+def _native(body: ast.expr, interpreted: Evaluator) -> Evaluator | None:
+    """One compiled Python function computing the formula with plain arithmetic, or None.
+
+    It takes the fast path only when every variable is an int (or a checked list of ints) within
+    ±``_SMALL``; the bounds below then show that no intermediate value can pass ``_MAX_INT``, so
+    its result is exactly what ``interpreted`` gives. Anything else (another type, a larger value,
+    any exception) goes to ``interpreted``, which gives the result or the precise FormulaError.
+    """
+    translator = _Translator()
+    try:
+        typed = translator.translate(body, want_list=False)
+    except _NotNative:
+        return None
+    guards = []
+    for name, (local, is_list) in translator.variables.items():
+        if is_list:
+            guards.append(f"small.get({name!r}) is {local}")
+        else:
+            guards.append(f"{local}.__class__ is int and -{_SMALL} <= {local} <= {_SMALL}")
+    loads = "".join(f"        {local} = env[{name!r}]\n" for name, (local, _) in translator.variables.items())
+    small = "    small = env.small if env.__class__ is CheckedEnv else _NO_LISTS\n" if any(is_list for _, is_list in translator.variables.values()) else ""
+    source = (
+        "def native(env):\n"
+        f"{small}"
+        "    try:\n"
+        f"{loads}"
+        f"        if {' and '.join(guards)}:\n"
+        f"            return {typed.source}\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "    return interpreted(env)\n"
+    )
+    namespace: dict[str, Any] = {"__builtins__": {}, "int": int, "Exception": Exception, "interpreted": interpreted, "CheckedEnv": CheckedEnv, "_NO_LISTS": {}, **_NATIVE_FUNCTIONS}
+    namespace.update(translator.constants)
+    exec(compile(source, "<formula>", "exec"), namespace)  # noqa: S102 - source built from a checked tree: locals, ints, operators
+    return namespace["native"]  # type: ignore[no-any-return]
+
+
+_NATIVE_FUNCTIONS = {"sum": sum, "len": len, "min": min, "max": max}
+
+
+class _Translator:
+    """Typed Python source for the whitelisted trees that use ints and lists of ints only."""
+
+    def __init__(self) -> None:
+        self.variables: dict[str, tuple[str, bool]] = {}  # name -> (local, is a list)
+        self.constants: dict[str, list[int]] = {}
+
+    def translate(self, node: ast.expr, want_list: bool) -> _Typed:
+        typed = self._translate(node, want_list)
+        if typed.is_list != want_list or typed.bound > _MAX_INT:
+            raise _NotNative
+        return typed
+
+    def _translate(self, node: ast.expr, want_list: bool) -> _Typed:
+        if _is_constant(node):
+            return self._constant(node)
+        if isinstance(node, ast.Name):
+            local, is_list = self.variables.setdefault(node.id, (f"v{len(self.variables)}", want_list))
+            if is_list != want_list:  # one variable read as a number and as a list
+                raise _NotNative
+            return _Typed(local, is_list, _SMALL, _MAX_LIST_LENGTH)
+        if isinstance(node, ast.BinOp) and type(node.op) in _NATIVE_OPERATORS:
+            left, right = self.translate(node.left, False), self.translate(node.right, False)
+            bound = {ast.Add: left.bound + right.bound, ast.Sub: left.bound + right.bound, ast.Mult: left.bound * right.bound}.get(type(node.op))
+            if bound is None:  # |a // b| <= |a| and |a % b| < |b| for ints, b != 0
+                bound = left.bound if isinstance(node.op, ast.FloorDiv) else right.bound
+            return _Typed(f"({left.source} {_NATIVE_OPERATORS[type(node.op)]} {right.source})", False, bound)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            operand = self.translate(node.operand, False)
+            return _Typed(f"({'-' if isinstance(node.op, ast.USub) else '+'}{operand.source})", False, operand.bound)
+        if isinstance(node, ast.List):
+            items = [self.translate(item, False) for item in node.elts]
+            return _Typed(f"[{', '.join(item.source for item in items)}]", True, max((item.bound for item in items), default=0), len(items))
+        if isinstance(node, ast.Subscript):
+            items = self.translate(node.value, True)
+            if isinstance(node.slice, ast.Slice):
+                parts = [None if part is None else self.translate(part, False).source for part in (node.slice.lower, node.slice.upper, node.slice.step)]
+                text = ":".join("" if part is None else part for part in parts)
+                return _Typed(f"{items.source}[{text}]", True, items.bound, items.length)
+            index = self.translate(node.slice, False)
+            return _Typed(f"{items.source}[{index.source}]", False, items.bound)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            return self._call(node.func.id, node.args)
+        raise _NotNative
+
+    def _call(self, name: str, args: list[ast.expr]) -> _Typed:
+        if len(args) == 1:
+            items = self.translate(args[0], True)
+            bound = {"sum": items.bound * items.length, "len": items.length}.get(name, items.bound)
+            return _Typed(f"{name}({items.source})", False, bound)
+        numbers = [self.translate(arg, False) for arg in args]
+        if name not in ("min", "max"):
+            raise _NotNative
+        return _Typed(f"{name}({', '.join(number.source for number in numbers)})", False, max(number.bound for number in numbers))
+
+    def _constant(self, node: ast.expr) -> _Typed:
+        """A sub-expression without variables, computed now as the interpreter computes it."""
+        value = _Compiler().compile(node, 0).run(_EMPTY_ENV)
+        if value.__class__ is int:
+            return _Typed(f"({value})", False, abs(value))  # type: ignore[arg-type]
+        if value.__class__ is list and all(item.__class__ is int for item in value):  # type: ignore[union-attr]
+            local = f"c{len(self.constants)}"
+            self.constants[local] = value  # type: ignore[assignment]
+            return _Typed(local, True, max(map(abs, value), default=0), len(value))  # type: ignore[arg-type]
+        raise _NotNative
+
+
+def _is_constant(node: ast.expr) -> bool:
+    return not any(isinstance(child, ast.Name) and child.id not in FUNCTIONS for child in ast.walk(node)) and not isinstance(node, ast.Name)

@@ -297,7 +297,7 @@ class LayerIdentifier:
         self.used = [False] * len(rules)
         self._searches, self._module_rules, self._named, self._formulas = memo_by_identity("layer rules", rules, lambda: _index_rules(rules))
         checked = checked_env(self.env)
-        self._envs = [type(checked)(checked) if named else checked for named in self._named]
+        self._envs = [checked.copy() if named else checked for named in self._named]
         self._cache: dict[tuple[int, tuple[str | None, ...]], int] = {}
         self._default = (self._evaluate(default.formula, self.env, default.path, default.origin), DEFAULT) if default else None
 

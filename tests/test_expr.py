@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import pickle
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lwd_rules import expr
 from lwd_rules.expr import CheckedEnv, checked_env, FUNCTIONS, Formula, FormulaError, parse_formula
 
 ENV = {"depths": [2, 2, 6, 2], "stage": 2, "block": 1, "n": 5, "x": 7, "y": 2.5, "empty": []}
@@ -526,3 +530,78 @@ def test_checked_env_checks_lists_once_and_still_reports_bad_values() -> None:
         formula(bad)
     with pytest.raises(FormulaError, match="integer is too large"):
         formula(CheckedEnv(depths=[1], s=10**19))  # numbers are still checked at every use
+
+
+# The compiled fast path (``expr._native``) against the interpreter, on formulas and values of
+# every kind: the same value, or the same FormulaError message.
+
+NATIVE_NUMBERS = ("a", "b")
+NATIVE_LISTS = ("xs", "ys")
+
+
+def _native_trees(want_list: bool) -> st.SearchStrategy[str]:
+    numbers = st.deferred(lambda: number_trees)
+    lists = st.deferred(lambda: list_trees)
+    number_trees = st.one_of(
+        st.integers(min_value=-(2**30), max_value=2**30).map(str),
+        st.sampled_from(NATIVE_NUMBERS),
+        st.tuples(numbers, st.sampled_from(["+", "-", "*", "//", "%"]), numbers).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        numbers.map(lambda n: f"(-{n})"),
+        st.tuples(lists, numbers).map(lambda t: f"{t[0]}[{t[1]}]"),
+        st.tuples(st.sampled_from(["sum", "len", "min", "max"]), lists).map(lambda t: f"{t[0]}({t[1]})"),
+        st.tuples(st.sampled_from(["min", "max"]), numbers, numbers).map(lambda t: f"{t[0]}({t[1]}, {t[2]})"),
+        st.sampled_from(["xs", "a"]),  # a variable read with the other type
+    )
+    list_trees = st.one_of(
+        st.sampled_from(NATIVE_LISTS),
+        st.lists(numbers, max_size=3).map(lambda items: f"[{', '.join(items)}]"),
+        st.tuples(lists, st.one_of(st.just(""), numbers), st.one_of(st.just(""), numbers)).map(lambda t: f"{t[0]}[{t[1]}:{t[2]}]"),
+        st.tuples(lists, numbers).map(lambda t: f"{t[0]}[::{t[1]}]"),
+    )
+    return list_trees if want_list else number_trees
+
+
+_NATIVE_VALUES = st.one_of(
+    st.integers(min_value=-5, max_value=5),
+    st.integers(min_value=-(2**25), max_value=2**25),
+    st.sampled_from([2**24, -(2**24), 2**24 + 1, 10**18, 10**18 + 1, True, 2.0, 2.5]),
+    st.lists(st.integers(min_value=-3, max_value=6), max_size=4),
+    st.lists(st.sampled_from([2**24 + 1, 10**18, 1.5, 0]), max_size=3),
+)
+
+
+def _outcome(run: Callable[[Any], object], env: Any) -> object:
+    try:
+        value = run(env)
+    except FormulaError as err:
+        return ("error", err.message)
+    return (type(value).__name__, value)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(source=_native_trees(want_list=False), values=st.lists(_NATIVE_VALUES, min_size=4, max_size=4), checked=st.booleans())
+def test_native_fast_path_matches_the_interpreter(source: str, values: list[object], checked: bool) -> None:
+    try:
+        formula = parse_formula(source)
+    except FormulaError:
+        return
+    env: dict[str, object] = dict(zip(NATIVE_NUMBERS + NATIVE_LISTS, values, strict=True))
+    if checked:
+        env = checked_env(env)
+    interpreted = expr._Compiler().compile(ast.parse(source, mode="eval").body, 0).run
+    assert _outcome(formula, env) == _outcome(interpreted, env)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["block + 1", "block * 24 // blocks + 1", "sum(depths[:stage]) + block + 1", "min(block // 3, 11) + 1", "[0, 3, 9][stage] + block", "len(depths) - stage"],
+)
+def test_rule_formulas_take_the_native_path(source: str) -> None:
+    """The formulas bundled rule sets use compile to one Python function (the fast path)."""
+    assert parse_formula(source).evaluator.__name__ == "native"
+
+
+@pytest.mark.parametrize("source", ["a / 2", "a ** 2", "a * a * a * a", "depth * 1.5"])
+def test_formulas_outside_the_native_subset_are_interpreted(source: str) -> None:
+    """True division, powers, products that could pass 10**18 and floats stay with the interpreter."""
+    assert parse_formula(source).evaluator.__name__ != "native"
