@@ -6,6 +6,8 @@ import dataclasses
 import fnmatch
 import functools
 import inspect
+import itertools
+import operator
 import re
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -363,10 +365,13 @@ class _Resolver:
                 env["num_layers"] = self._num_layers(env)
             identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
             walk = _Walk(self, identifier)
-            if not walk.run(self.model):  # a class with its own named_modules: walk that instead
+            if not walk.run(self.model, optimistic=True):  # something tied, frozen or unmatched: walk with every check
                 identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
                 walk = _Walk(self, identifier)
-                walk.run_listed(self.model)
+                if not walk.run(self.model):  # a class with its own named_modules: walk that instead
+                    identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
+                    walk = _Walk(self, identifier)
+                    walk.run_listed(self.model)
             walk.done()
             if not (walk.shared and rules.counts):
                 return env, identifier, walk
@@ -568,6 +573,9 @@ def _named_components(texts: list[str]) -> frozenset[str] | None:
     return frozenset(names)
 
 
+_requires_grad = operator.attrgetter("requires_grad")
+
+
 class _Walk:
     """The one pass over the model: each trainable parameter's layer id, weight decay and
     overrides, collected by key.
@@ -606,6 +614,8 @@ class _Walk:
         self.renamed = False  # some prefix lost a wrapper component: names may collide
         self.shared = False  # some module or parameter has two places in the model (or a module holds itself)
         self._seen: set[int] = set()
+        self._seen_modules: set[int] = set()  # containers (a leaf met twice is caught by its parameters)
+        self._checked: set[type] = set()  # module classes known to walk like nn.Module
         self._key_index: dict[tuple[Answer, float, float], int] = {}
         self._wd_cache: dict[tuple[str, str, int, type], float] = {}
         self._no_wd_leaves: dict[str, set[str]] = {}  # model.no_weight_decay() names, by canonical module prefix
@@ -613,23 +623,34 @@ class _Walk:
             module_prefix, _, leaf = name.rpartition(".")
             self._no_wd_leaves.setdefault(module_prefix, set()).add(leaf)
 
-    def run(self, model: Any) -> bool:
+    def run(self, model: Any, optimistic: bool = False) -> bool:
         """Walk ``model`` with an explicit stack; False (and nothing usable) when a module class
-        overrides ``named_modules``/``named_parameters``: ``run_listed`` then honours it."""
+        overrides ``named_modules``/``named_parameters`` (``run_listed`` then honours it) or, when
+        ``optimistic``, when ``verified()`` would not hold.
+
+        ``optimistic`` leaves out what almost no model needs: the per-parameter checks for tied
+        and frozen parameters (``verified()`` looks for both afterwards, in C loops) and, below a
+        module whose answer holds for its whole subtree, the module names: such modules carry
+        only the stub their weight decay is cached by (``_stub``), made from their own name.
+        """
         strip, leads, renamers = strip_parts(self.strip_components)  # leads: e.g. PEFT's base_model.model
         for_module = self.identifier.for_module
         fast = self.cacheable and self.claim is None
+        optimistic = optimistic and fast
         tail, stub_of = self.tail, self._stub
         blanks = self.components if tail == 1 else None
         blank_ends = tuple(f".{name}" for name in blanks or ())
         seen, seen_add = self._seen, self._seen.add
         wd_cache, key_index, members = self._wd_cache, self._key_index, self.members
         no_wd_leaves = self._no_wd_leaves
-        checked: set[type] = set()
-        seen_modules: set[int] = set()
+        stubs_only = optimistic and tail <= 1 and not leads  # subtrees with one answer may drop their names
+        no_wd_within = {module_prefix.rsplit(".", cut)[0] for module_prefix in no_wd_leaves for cut in range(module_prefix.count(".") + 1)}
+        checked, seen_modules = self._checked, self._seen_modules
         bucket_answer: Answer | None = None
         bucket: dict[float, list[Any]] = {}  # weight decay -> members, for bucket_answer
-        stack: list[tuple[Any, str, str, ModuleState | None]] = [(model, "", "", None)]
+        # (module, prefix, canonical prefix, state); below a module whose answer holds for its
+        # subtree, when stubs_only: (module, None, stub, answer)
+        stack: list[tuple[Any, str | None, str, Any]] = [(model, "", "", None)]
         pop, push = stack.pop, stack.append
         while stack:
             module, prefix, cprefix, state = pop()
@@ -645,72 +666,99 @@ class _Walk:
                     return False
                 checked.add(kind)
             params = module._parameters
-            if state is None:
-                if not children:  # a leaf with nothing new (empty, or met before): no rule may count it as used
-                    if not params:
-                        continue
-                    first = next(iter(params.values()))
-                    if (first is None or id(first) in seen) and all(p is None or id(p) in seen for p in params.values()):
-                        continue
-                state = for_module(cprefix)
-            if params:
-                answer = state[0]
-                if fast and answer is not None and not callable(answer):
-                    if answer is not bucket_answer:
-                        bucket_answer, bucket = answer, {}
-                    module_no_wd = no_wd_leaves.get(cprefix, ()) if no_wd_leaves else ()
-                    if not cprefix:  # as _stub() gives, inline for the common cases
-                        stub = ""
-                    elif not tail:
-                        stub = "x."
-                    elif blanks is not None:  # a module no exclude glob names: its last name is blanked
-                        stub = stub_of(cprefix) if cprefix in blanks or cprefix.endswith(blank_ends) else "x.."
-                    else:
-                        stub = stub_of(cprefix)
-                    for leaf, param in params.items():  # the common case: nothing here needs the full name
-                        if param is None:
+            if prefix is None:  # in a subtree with one answer: cprefix is the stub
+                answer, stub, module_no_wd, by_stub = state, cprefix, (), True
+            else:
+                if state is None:
+                    if not children:  # a leaf with nothing new (empty, or met before): no rule may count it as used
+                        if not params:
                             continue
+                        first = next(iter(params.values()))
+                        if (first is None or id(first) in seen) and all(p is None or id(p) in seen for p in params.values()):
+                            continue
+                    state = for_module(cprefix)
+                answer = state[0]
+                by_stub = stubs_only and state[1] and answer is not None and cprefix and cprefix not in no_wd_within
+                if params:
+                    if fast and answer is not None and not callable(answer):
+                        module_no_wd = no_wd_leaves.get(cprefix, ()) if no_wd_leaves else ()
+                        if not cprefix:  # as _stub() gives, inline for the common cases
+                            stub = ""
+                        elif not tail:
+                            stub = "x."
+                        elif blanks is not None:  # a module no exclude glob names: its last name is blanked
+                            stub = stub_of(cprefix) if cprefix in blanks or cprefix.endswith(blank_ends) else "x.."
+                        else:
+                            stub = stub_of(cprefix)
+                    else:
+                        self._params(params, prefix, cprefix, answer, kind)
+                        params = None
+            if params:  # the common case: nothing here needs the full name
+                if answer is not bucket_answer:
+                    bucket_answer, bucket = answer, {}
+                for leaf, param in params.items():
+                    if param is None:
+                        continue
+                    if not optimistic:
                         pid = id(param)
                         if pid in seen:
                             self.shared = True  # tied, or a shared leaf module
                             continue
                         seen_add(pid)
                         if not param.requires_grad:
-                            self.frozen.append(join_name(prefix, leaf))
+                            self.frozen.append(join_name(prefix, leaf))  # type: ignore[arg-type]
                             self._frozen_answers.add(answer)
                             continue
-                        if leaf in module_no_wd:
-                            wd = 0.0
+                    if leaf in module_no_wd:
+                        wd = 0.0
+                    else:
+                        wd_key = (stub, leaf, param.dim(), kind)
+                        wd = wd_cache.get(wd_key)  # type: ignore[assignment]
+                        if wd is None:
+                            wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], class_names(kind), mark_all=True)
+                    target = bucket.get(wd)
+                    if target is None:  # first parameter of this answer with this weight decay
+                        k = key_index.get((answer, wd, 1.0))
+                        if k is None:
+                            k = self._key(answer, wd, 1.0)
+                        target = bucket[wd] = members[k]
+                    target.append(param)
+            if not children:
+                continue
+            # Children with neither parameters nor children (activations, dropouts, identities:
+            # about half of a timm model's modules) add nothing, so they are not visited once
+            # their class is known to list nothing else (see walks_like_module).
+            if by_stub:
+                if prefix is not None:
+                    stub = stub_of(cprefix)
+                for name, child in reversed(children.items()):
+                    if child is not None and (child._parameters or child._modules or type(child) not in checked):
+                        if name in strip:  # a wrapper component: the child keeps this module's name
+                            self.renamed = True
+                            push((child, None, stub, answer))
                         else:
-                            wd_key = (stub, leaf, param.dim(), kind)
-                            wd = wd_cache.get(wd_key)  # type: ignore[assignment]
-                            if wd is None:
-                                wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], class_names(kind), mark_all=True)
-                        target = bucket.get(wd)
-                        if target is None:  # first parameter of this answer with this weight decay
-                            k = key_index.get((answer, wd, 1.0))
-                            if k is None:
-                                k = self._key(answer, wd, 1.0)
-                            target = bucket[wd] = members[k]
-                        target.append(param)
-                else:
-                    self._params(params, prefix, cprefix, answer, kind)
-            if children:
-                inherited = state if state[1] else None
-                dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
-                # Children with neither parameters nor children (activations, dropouts, identities:
-                # about half of a timm model's modules) add nothing, so they are not visited once
-                # their class is known to list nothing else (see walks_like_module).
-                if dot == cdot and renamers.isdisjoint(children):  # nothing renamed: share the strings
-                    for name, child in reversed(children.items()):
-                        if child is not None and (child._parameters or child._modules or type(child) not in checked):
-                            child_prefix = dot + name
-                            push((child, child_prefix, child_prefix, inherited))
-                else:
-                    for name, child in reversed(children.items()):
-                        if child is not None and (child._parameters or child._modules or type(child) not in checked):
-                            push((child, dot + name, *self._child_prefix(cprefix, cdot, name, inherited, leads)))
-        return True
+                            push((child, None, "x." if not tail else "x.." if blanks is not None and name not in blanks else f"x.{name}.", answer))
+                continue
+            inherited = state if state[1] else None
+            dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
+            if dot == cdot and renamers.isdisjoint(children):  # nothing renamed: share the strings
+                for name, child in reversed(children.items()):
+                    if child is not None and (child._parameters or child._modules or type(child) not in checked):
+                        child_prefix = dot + name
+                        push((child, child_prefix, child_prefix, inherited))
+            else:
+                for name, child in reversed(children.items()):
+                    if child is not None and (child._parameters or child._modules or type(child) not in checked):
+                        push((child, dot + name, *self._child_prefix(cprefix, cdot, name, inherited, leads)))
+        return not optimistic or self.verified()
+
+    def verified(self) -> bool:
+        """What an optimistic walk assumed: every parameter it grouped is trainable and grouped
+        once, and none was left unmatched (a tied one might then hide behind it)."""
+        if self.frozen or self.unmatched:
+            return False
+        grouped = itertools.chain.from_iterable
+        return len(set(map(id, grouped(self.members)))) == sum(map(len, self.members)) and all(map(_requires_grad, grouped(self.members)))
 
     def _child_prefix(self, cprefix: str, cdot: str, name: str, inherited: ModuleState | None, leads: tuple[str, ...]) -> tuple[str, ModuleState | None]:
         """A child's canonical prefix, and the state it inherits (none once a leading prefix is cut)."""
@@ -782,8 +830,10 @@ class _Walk:
         return self._frozen_answers | {found for found in by_name if found is not None}
 
     def done(self) -> None:
-        """Drop what only the walk needed (the set of every parameter's id)."""
+        """Drop what only the walk needed (the sets of parameter and module ids)."""
         self._seen = set()
+        self._seen_modules = set()
+        self._checked = set()
         self._wd_cache.clear()
 
     def _key(self, found: Answer, wd: float, mult: float) -> int:
