@@ -364,3 +364,100 @@ def test_the_fingerprint_is_the_same_with_or_without_the_rows_built():
     listed = resolve(grn_model(), rules, registry=registry)
     assert len(listed.params) == 9  # rows built: the fingerprint reads them
     assert fresh.fingerprint() == listed.fingerprint()
+
+
+def _walked(model: nn.Module, rules, optimistic: bool):
+    """One walk of ``model`` (optimistic or with every check), as comparable values."""
+    from lwd_rules.identify import LayerIdentifier
+    from lwd_rules.orchestrator import _Resolver, _Walk
+
+    from lwd_rules.plugins import get_registry
+
+    registry = get_registry() if isinstance(rules, str) else new_registry()
+    loaded = load_rules(rules, registry=registry)
+    resolver = _Resolver(model, loaded, registry, True)
+    env = resolver._variables()
+    if loaded.num_layers is not None:
+        env["num_layers"] = resolver._num_layers(env)
+    identifier = LayerIdentifier(loaded.rules, loaded.default, env)
+    walk = _Walk(resolver, identifier)
+    held = walk.run(model, optimistic=optimistic)
+    members = [[id(p) for p in params] for params in walk.members]
+    return held, (walk.keys, members, walk.renamed, walk.exclusion_used, identifier.used)
+
+
+class Wrapped(nn.Module):
+    """A block whose layers sit behind a wrapper component (``module``) and a named norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+        self.grn = nn.LayerNorm(2)
+
+
+def _wrapped_model() -> nn.Module:
+    model = nn.Module()
+    model.stem = nn.Linear(2, 2)
+    model.blocks = nn.ModuleList([Wrapped() for _ in range(3)])
+    return model
+
+
+TAIL_RULES = {
+    **COUNTED,
+    "weight_decay": {"value": 0.1, "exclude": ["ndim<=1", {"pattern": "*.grn.weight", "allow_unused": True}, {"pattern": "*.fc.weight", "allow_unused": True}]},
+    "layers": {**COUNTED["layers"], "rules": [{"match": r"^stem\.", "layer": 0}, *COUNTED["layers"]["rules"]]},
+}
+
+
+@pytest.mark.parametrize(
+    ("build", "rules"),
+    [
+        (lambda: __import__("timm").create_model("convnextv2_atto", pretrained=False), "convnext-timm"),
+        (lambda: __import__("timm").create_model("vit_tiny_patch16_224", pretrained=False), "vit"),
+        (lambda: __import__("timm").create_model("swin_tiny_patch4_window7_224", pretrained=False), "swin"),
+        (_wrapped_model, TAIL_RULES),
+    ],
+    ids=["convnextv2-grn", "vit-no_weight_decay", "swin", "wrapper-inside-blocks"],
+)
+def test_the_optimistic_walk_gives_what_the_checked_walk_gives(build, rules):
+    """Same keys, same tensors in the same order, same flags and used entries."""
+    with torch.device("meta"):
+        model = build()
+    fast_held, fast = _walked(model, rules, optimistic=True)
+    checked_held, checked = _walked(model, rules, optimistic=False)
+    assert fast_held and checked_held
+    assert fast == checked
+    assert fast[0], "the walk grouped something"
+
+
+def _tied_inside_a_block() -> nn.Module:
+    model = _wrapped_model()
+    model.blocks[2].grn.weight = model.blocks[1].grn.weight
+    return model
+
+
+def _frozen_inside_a_block() -> nn.Module:
+    model = _wrapped_model()
+    model.blocks[1].module[0].bias.requires_grad_(False)
+    return model
+
+
+def _leaf_shared_by_two_blocks() -> nn.Module:
+    model = _wrapped_model()
+    model.blocks[2].grn = model.blocks[0].grn
+    return model
+
+
+@pytest.mark.parametrize(
+    ("build", "left_out"),
+    [
+        (_tied_inside_a_block, {"blocks.2.grn.weight"}),  # grouped once, under its first name
+        (_frozen_inside_a_block, {"blocks.1.module.0.bias"}),
+        (_leaf_shared_by_two_blocks, {"blocks.2.grn.weight", "blocks.2.grn.bias"}),  # named_modules() lists it once
+    ],
+)
+def test_the_optimistic_walk_gives_way_to_the_checked_one_when_its_assumptions_fail(build, left_out):
+    held, _ = _walked(build(), TAIL_RULES, optimistic=True)
+    assert not held
+    every = {name for name, _ in _wrapped_model().named_parameters()}
+    assert set(run(build(), TAIL_RULES)) == every - left_out
