@@ -202,7 +202,7 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[s
         kind = type(module)
         if kind not in checked:
             if not walks_like_module(kind):  # its own named_modules decides what is in the model
-                return {".".join(c.split(".")[:depth]) for _, c, params, _, _ in _collect_through_named_modules(model, strip) if c and params}
+                return _listed_prefixes(model, strip, depth)
             checked.add(kind)
         if leads and cprefix.startswith(leads):
             cprefix = canonical_name(cprefix, strip)
@@ -214,12 +214,30 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[s
         if cprefix and module._parameters:
             found.add(cprefix)
         dot = cprefix + "." if cprefix else ""
+        children = module._modules
+        if level + 1 >= depth and not leads and strip.isdisjoint(children):  # each child is cut: look at it here
+            for name, child in children.items():
+                if child is None or id(child) in seen:
+                    continue
+                seen.add(id(child))
+                if type(child) not in checked:
+                    if not walks_like_module(type(child)):
+                        return _listed_prefixes(model, strip, depth)
+                    checked.add(type(child))
+                if child._parameters or _holds_parameters(child):
+                    found.add(dot + name)
+            continue
         stack += [  # reversed: popped in named_modules() order, so a shared module counts where it first appears
             (child, cprefix, level) if name in strip else (child, dot + name, level + 1)
             for name, child in reversed(module._modules.items())
             if child is not None and (child._parameters or child._modules or type(child) not in checked)
         ]
     return found
+
+
+def _listed_prefixes(model: Any, strip: Collection[str], depth: int) -> set[str]:
+    """``_parameter_prefixes`` through ``named_modules()``, for a model with a class that overrides it."""
+    return {".".join(c.split(".")[:depth]) for _, c, params, _, _ in _collect_through_named_modules(model, strip) if c and params}
 
 
 def strip_parts(strip: Collection[str]) -> tuple[frozenset[str], tuple[str, ...], frozenset[str]]:
@@ -237,10 +255,10 @@ def strip_parts(strip: Collection[str]) -> tuple[frozenset[str], tuple[str, ...]
 
 def _holds_parameters(module: Any) -> bool:
     """Whether any module below ``module`` has parameters (most blocks: a direct child)."""
-    children = [child for child in module._modules.values() if child is not None]
-    for child in children:
-        if child._parameters:
+    for child in module._modules.values():
+        if child is not None and child._parameters:
             return True
+    children = [child for child in module._modules.values() if child is not None]
     visited = {id(module)}  # a module that holds itself further down (a cycle) is looked at once
     while children:
         child = children.pop()

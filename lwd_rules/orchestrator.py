@@ -643,8 +643,10 @@ class _Walk:
         seen, seen_add = self._seen, self._seen.add
         wd_cache, key_index, members = self._wd_cache, self._key_index, self.members
         no_wd_leaves = self._no_wd_leaves
-        stubs_only = optimistic and tail <= 1 and not leads  # subtrees with one answer may drop their names
-        no_wd_within = {module_prefix.rsplit(".", cut)[0] for module_prefix in no_wd_leaves for cut in range(module_prefix.count(".") + 1)}
+        stubs_only = optimistic and tail <= 1  # subtrees with one answer may drop their names, unless they hold
+        named_below = {  # a model.no_weight_decay() name or a leading prefix still to be cut
+            name.rsplit(".", cut)[0] for name in [*no_wd_leaves, *leads] for cut in range(name.count(".") + 1)
+        }
         checked, seen_modules = self._checked, self._seen_modules
         bucket_answer: Answer | None = None
         bucket: dict[float, list[Any]] = {}  # weight decay -> members, for bucket_answer
@@ -678,7 +680,7 @@ class _Walk:
                             continue
                     state = for_module(cprefix)
                 answer = state[0]
-                by_stub = stubs_only and state[1] and answer is not None and cprefix and cprefix not in no_wd_within
+                by_stub = stubs_only and state[1] and answer is not None and cprefix and cprefix not in named_below
                 if params:
                     if fast and answer is not None and not callable(answer):
                         module_no_wd = no_wd_leaves.get(cprefix, ()) if no_wd_leaves else ()
