@@ -14,27 +14,27 @@ class Grouper:
         self._params: list[list[Any]] = []
         self._layer_ids: list[set[int]] = []
 
-    def add_many(self, params: list[Any], lr_scale: float, weight_decay: float, layer_id: int) -> int:
-        """Put all of ``params`` in the group for these settings; returns that group's index."""
-        settings = (lr_scale, weight_decay)
-        index = self._index.get(settings)
-        if index is None:
-            index = self._index[settings] = len(self._params)
-            self._params.append(params[:])
-            self._layer_ids.append({layer_id})
-        else:
-            self._params[index] += params
-            self._layer_ids[index].add(layer_id)
-        return index
-
     def add_keys(self, keys: Sequence[tuple[int, int, float, float]], members: Sequence[list[Any]], scales: Sequence[float], left_out: Container[int]) -> list[int]:
-        """``add_many`` for each (layer id, rule, weight decay, lr_mult) key and its parameters, in
-        order, at ``scales[layer id] × lr_mult``; returns each key's group index (-1: left out)."""
-        add_many = self.add_many
-        return [
-            -1 if index in left_out else add_many(params, scales[layer_id] * mult, wd, layer_id)
-            for index, ((layer_id, _, wd, mult), params) in enumerate(zip(keys, members))
-        ]
+        """Put the parameters of each (layer id, rule, weight decay, lr_mult) key, in order, in the
+        group for (``scales[layer id]`` × lr_mult, weight decay); returns each key's group index
+        (-1: left out)."""
+        index, groups, layer_ids = self._index, self._params, self._layer_ids
+        out = []
+        for position, ((layer_id, _, wd, mult), params) in enumerate(zip(keys, members)):
+            if position in left_out:
+                out.append(-1)
+                continue
+            settings = (scales[layer_id] * mult, wd)
+            group = index.get(settings)
+            if group is None:
+                group = index[settings] = len(groups)
+                groups.append(params[:])
+                layer_ids.append({layer_id})
+            else:
+                groups[group] += params
+                layer_ids[group].add(layer_id)
+            out.append(group)
+        return out
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The groups for ``torch.optim``: params, lr_scale, weight_decay, group_name, layer_ids.

@@ -329,7 +329,6 @@ class LayerIdentifier:
         """
         if not prefix:
             return self.identify, False
-        depth = prefix.count(".") + 1
         probe = prefix + "."
         final = True
         pending: list[int] | None = None
@@ -343,7 +342,7 @@ class LayerIdentifier:
                     self.used[index] = True
                     return (self._layer_id(index, found.groups(), probe), index), final
                 return self._by_name(pending, (index, found.groups())), False
-            if dots > depth:
+            if final and dots > 1 and dots > probe.count("."):  # it may match a module below
                 final = False
         if pending is not None:
             return self._by_name(pending, None), False

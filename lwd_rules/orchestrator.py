@@ -641,7 +641,7 @@ class _Walk:
         blanks = self.components if tail == 1 else None
         blank_ends = tuple(f".{name}" for name in blanks or ())
         seen, seen_add = self._seen, self._seen.add
-        wd_cache, key_index, members = self._wd_cache, self._key_index, self.members
+        wd_cache, key_index, keys, members = self._wd_cache, self._key_index, self.keys, self.members
         no_wd_leaves = self._no_wd_leaves
         stubs_only = optimistic and tail <= 1  # subtrees with one answer may drop their names, unless they hold
         named_below = {  # a model.no_weight_decay() name or a leading prefix still to be cut
@@ -720,10 +720,16 @@ class _Walk:
                             wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], class_names(kind), mark_all=True)
                     target = bucket.get(wd)
                     if target is None:  # first parameter of this answer with this weight decay
-                        k = key_index.get((answer, wd, 1.0))
-                        if k is None:
-                            k = self._key(answer, wd, 1.0)
-                        target = bucket[wd] = members[k]
+                        key = (answer, wd, 1.0)
+                        k = key_index.get(key)
+                        if k is None:  # a new key (as _key makes it)
+                            key_index[key] = len(keys)
+                            keys.append((answer[0], answer[1], wd, 1.0))
+                            target = []
+                            members.append(target)
+                        else:
+                            target = members[k]
+                        bucket[wd] = target
                     target.append(param)
             if not children:
                 continue

@@ -35,9 +35,16 @@ def work(monkeypatch: pytest.MonkeyPatch, blocks: int) -> tuple[dict[str, int], 
         model = many_blocks_model(blocks)
     calls: dict[str, int] = {}
     with monkeypatch.context() as patch:
-        for owner, name in [(LayerIdentifier, "for_module"), (Formula, "__call__"), (LayerIdentifier, "identify"), (_Walk, "_weight_decay"), (Grouper, "add_many")]:
+        for owner, name in [(LayerIdentifier, "for_module"), (LayerIdentifier, "_layer_id"), (Formula, "__call__"), (LayerIdentifier, "identify"), (_Walk, "_weight_decay")]:
             counted(patch, owner, name, calls)
         counted(patch, identify, "_holds_parameters", calls)
+        add_keys = Grouper.add_keys
+
+        def keys_counted(self, keys, *args):
+            calls["keys"] = calls.get("keys", 0) + len(keys)
+            return add_keys(self, keys, *args)
+
+        patch.setattr(Grouper, "add_keys", keys_counted)
         plan = resolve(model, load_rules(MANY_BLOCKS_RULES, registry=new_registry()), registry=new_registry())
     tensors = len(plan.params)
     assert tensors == 4 * blocks + 4
@@ -52,11 +59,13 @@ def test_work_is_linear_in_modules_and_groups_are_bounded(monkeypatch, blocks):
     # Rule matching runs once per block (its children inherit the answer), never per parameter.
     assert calls["for_module"] == blocks + 4  # the root, stem, blocks container, head, and each block
     assert calls.get("identify", 0) == 0  # no parameter needed its full name matched
-    # One formula evaluation per distinct (rule, named groups): one per block, plus the stem,
-    # the default (the head) and num_layers.
-    assert calls["__call__"] <= blocks + 3
+    # One layer id per module a rule matched (the blocks and the stem), its formula evaluated
+    # once per distinct named groups; Formula.__call__ only for the default and num_layers.
+    assert calls["_layer_id"] == blocks + 1
+    assert calls["__call__"] <= 2
     # Weight decay is decided once per distinct (leaf name, ndim), not per parameter.
     assert calls["_weight_decay"] <= 8
     # 26 layer ids (0..25), each with and without decay: groups never grow with the model.
     assert groups <= 2 * 26
-    assert calls["add_many"] <= 2 * 26 + 2
+    # Grouping gets one key per (layer id, weight decay) the walk met, not one per parameter.
+    assert calls["keys"] <= 2 * 26 + 2
