@@ -157,12 +157,13 @@ def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str],
         names = [join_name(cprefix, leaf) for _, cprefix, params, _, _ in collect_modules(model, strip) for leaf in params]
         out.update((count.name, _count_value(count, names)) for count in by_name)
     if by_prefix:
+        candidates: list[tuple[str, Any]] = []
         if exact:
             prefixes = {cprefix for _, cprefix, params, _, _ in collect_modules(model, strip) if cprefix and params}
         else:
-            prefixes = _parameter_prefixes(model, strip, depth)
+            prefixes = _parameter_prefixes(model, strip, depth, candidates)
         probes = [prefix + "." for prefix in prefixes]
-        out.update((count.name, _count_value(count, probes)) for count in by_prefix)
+        out.update((count.name, _count_value(count, probes, candidates)) for count in by_prefix)
     return {count.name: out[count.name] for count in counts}
 
 
@@ -173,21 +174,40 @@ def _split_counts(counts: Sequence[Count]) -> tuple[list[Count], list[Count], in
     return by_prefix, by_name, max((prefix_dots(count.pattern) for count in by_prefix), default=0)
 
 
-def _count_value(count: Count, texts: Iterable[str]) -> int | list[int]:
-    matched = [m.groups() for m in map(count.pattern.search, texts) if m is not None]
+def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[str, Any]] = ()) -> int | list[int]:
+    """The count over ``texts``, and over the (prefix, module) ``candidates`` whose module holds
+    parameters: asked only of those whose value could raise the count, best first, so ten
+    thousand blocks cost one look inside a module rather than ten thousand."""
+    search = count.pattern.search
+    matched = [m.groups() for m in map(search, texts) if m is not None]
+    pending = [(m.groups(), module) for probe, module in candidates if (m := search(probe + ".")) is not None]
     if count.pattern.groups == 1:
-        return max((int(g) for (g,) in matched if g is not None and g.isdecimal()), default=-1) + 1
+        best = max((int(g) for (g,) in matched if g is not None and g.isdecimal()), default=-1)
+        ranked = sorted(((int(g), module) for (g,), module in pending if g is not None and g.isdecimal() and int(g) > best), key=lambda pair: -pair[0])
+        best = next((value for value, module in ranked if _holds_any(module)), best)
+        return best + 1
     per: dict[int, int] = {}
     for groups in matched:
         if all(g is not None and g.isdecimal() for g in groups):
             outer, inner = int(groups[0]), int(groups[1])
             per[outer] = max(per.get(outer, 0), inner + 1)
+    ranked_pairs = sorted(
+        ((int(groups[0]), int(groups[1]), module) for groups, module in pending if all(g is not None and g.isdecimal() for g in groups)),
+        key=lambda triple: (triple[0], -triple[1]),
+    )
+    for outer, inner, module in ranked_pairs:  # per outer value, the highest inner one that holds parameters
+        if inner + 1 > per.get(outer, 0) and _holds_any(module):
+            per[outer] = inner + 1
     return [per.get(i, 0) for i in range(max(per) + 1)] if per else []
 
 
-def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[str]:
+def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidates: list[tuple[str, Any]]) -> set[str]:
     """The canonical prefixes of the modules that hold parameters, cut to ``depth`` components:
-    a module that deep stands for its subtree and is not walked into."""
+    a module that deep stands for its subtree and is not walked into. The children of a module
+    just above the cut go to ``candidates`` as (prefix, module), unopened: only the ones whose
+    prefix could raise a count are looked into (``_count_value``). Their classes are not checked
+    either: a class that lists its own modules sends the walk to ``run_listed``, after which the
+    counts are taken again over every module."""
     strip, leads, _ = strip_parts(strip)
     lead_heads = memo_by_identity("lead heads", leads, lambda: {lead.rsplit(".", cut)[0] for lead in leads for cut in range(1, lead.count(".") + 1)})
     found: set[str] = set()
@@ -215,17 +235,12 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int) -> set[s
             found.add(cprefix)
         dot = cprefix + "." if cprefix else ""
         children = module._modules
-        if level + 1 >= depth and not leads and strip.isdisjoint(children):  # each child is cut: look at it here
+        if level + 1 >= depth and strip.isdisjoint(children) and not (leads and (not cprefix or cprefix in lead_heads or dot.startswith(leads))):
+            # each child is cut, and none can begin a leading prefix: a candidate
             for name, child in children.items():
-                if child is None or id(child) in seen:
-                    continue
-                seen.add(id(child))
-                if type(child) not in checked:
-                    if not walks_like_module(type(child)):
-                        return _listed_prefixes(model, strip, depth)
-                    checked.add(type(child))
-                if child._parameters or _holds_parameters(child):
-                    found.add(dot + name)
+                if child is not None and id(child) not in seen:  # the id only: the child itself is not read
+                    seen.add(id(child))
+                    candidates.append((dot + name, child))
             continue
         stack += [  # reversed: popped in named_modules() order, so a shared module counts where it first appears
             (child, cprefix, level) if name in strip else (child, dot + name, level + 1)
@@ -251,6 +266,11 @@ def strip_parts(strip: Collection[str]) -> tuple[frozenset[str], tuple[str, ...]
         return components, leads, components | {lead.rpartition(".")[2] for lead in leads}
 
     return memo_by_identity("strip", strip, build)
+
+
+def _holds_any(module: Any) -> bool:
+    """Whether ``module`` or a module below it has parameters."""
+    return bool(module._parameters) or _holds_parameters(module)
 
 
 def _holds_parameters(module: Any) -> bool:

@@ -461,3 +461,36 @@ def test_the_optimistic_walk_gives_way_to_the_checked_one_when_its_assumptions_f
     assert not held
     every = {name for name, _ in _wrapped_model().named_parameters()}
     assert set(run(build(), TAIL_RULES)) == every - left_out
+
+
+def test_a_two_level_count_skips_the_highest_blocks_that_hold_nothing():
+    def stage(*blocks: nn.Module) -> nn.Module:
+        module = nn.Module()
+        module.blocks = nn.ModuleList(blocks)
+        return module
+
+    model = nn.Module()
+    model.stages = nn.ModuleList(
+        [
+            stage(nn.Linear(2, 2), nn.Linear(2, 2), nn.ReLU()),  # 2 blocks hold parameters
+            stage(nn.ReLU(), nn.Linear(2, 2), Deep(), nn.Identity(), nn.Sequential(nn.ReLU())),  # up to blocks.2 (deep)
+            stage(nn.ReLU()),  # none
+        ]
+    )
+    rules = {
+        "layers": {
+            "count": {"depths": r"^stages\.(\d+)\.blocks\.(\d+)\."},
+            "num_layers": "sum(depths)",
+            "rules": [{"match": r"^stages\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.", "layer": "sum(depths[:stage]) + block + 1"}],
+        },
+        "layer_decay": {"rate": 0.5},
+        "weight_decay": {"value": 0.1, "exclude": [{"pattern": "ndim<=1", "allow_unused": True}]},
+    }
+    plan = resolve(model, load_rules(rules, registry=new_registry()), registry=new_registry())
+    assert plan.variables["depths"] == [2, 3]
+    assert {row.name: row.layer_id for row in plan.params if row.name.endswith("weight")} == {
+        "stages.0.blocks.0.weight": 1,
+        "stages.0.blocks.1.weight": 2,
+        "stages.1.blocks.1.weight": 4,
+        "stages.1.blocks.2.inner.1.0.weight": 5,
+    }
