@@ -175,12 +175,12 @@ def _split_counts(counts: Sequence[Count]) -> tuple[list[Count], list[Count], in
 
 
 def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[str, Any]] = ()) -> int | list[int]:
-    """The count over ``texts``, and over the (prefix, module) ``candidates`` whose module holds
+    """The count over ``texts``, and over the (probe, module) ``candidates`` whose module holds
     parameters: asked only of those whose value could raise the count, best first, so ten
     thousand blocks cost one look inside a module rather than ten thousand."""
     search = count.pattern.search
     matched = [m.groups() for m in map(search, texts) if m is not None]
-    pending = [(m.groups(), module) for probe, module in candidates if (m := search(probe + ".")) is not None]
+    pending = [(m.groups(), module) for probe, module in candidates if (m := search(probe)) is not None]
     if count.pattern.groups == 1:
         best = max((int(g) for (g,) in matched if g is not None and g.isdecimal()), default=-1)
         ranked = sorted(((int(g), module) for (g,), module in pending if g is not None and g.isdecimal() and int(g) > best), key=lambda pair: -pair[0])
@@ -204,7 +204,7 @@ def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[
 def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidates: list[tuple[str, Any]]) -> set[str]:
     """The canonical prefixes of the modules that hold parameters, cut to ``depth`` components:
     a module that deep stands for its subtree and is not walked into. The children of a module
-    just above the cut go to ``candidates`` as (prefix, module), unopened: only the ones whose
+    just above the cut go to ``candidates`` as (prefix + ".", module), unopened: only the ones whose
     prefix could raise a count are looked into (``_count_value``). Their classes are not checked
     either: a class that lists its own modules sends the walk to ``run_listed``, after which the
     counts are taken again over every module."""
@@ -240,7 +240,7 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidat
             for name, child in children.items():
                 if child is not None and id(child) not in seen:  # the id only: the child itself is not read
                     seen.add(id(child))
-                    candidates.append((dot + name, child))
+                    candidates.append((f"{dot}{name}.", child))
             continue
         stack += [  # reversed: popped in named_modules() order, so a shared module counts where it first appears
             (child, cprefix, level) if name in strip else (child, dot + name, level + 1)

@@ -7,7 +7,6 @@ import fnmatch
 import functools
 import inspect
 import itertools
-import operator
 import re
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -573,9 +572,6 @@ def _named_components(texts: list[str]) -> frozenset[str] | None:
     return frozenset(names)
 
 
-_requires_grad = operator.attrgetter("requires_grad")
-
-
 class _Walk:
     """The one pass over the model: each trainable parameter's layer id, weight decay and
     overrides, collected by key.
@@ -628,10 +624,11 @@ class _Walk:
         overrides ``named_modules``/``named_parameters`` (``run_listed`` then honours it) or, when
         ``optimistic``, when ``verified()`` would not hold.
 
-        ``optimistic`` leaves out what almost no model needs: the per-parameter checks for tied
-        and frozen parameters (``verified()`` looks for both afterwards, in C loops) and, below a
-        module whose answer holds for its whole subtree, the module names: such modules carry
-        only the stub their weight decay is cached by (``_stub``), made from their own name.
+        ``optimistic`` leaves out what almost no model needs: the per-parameter check for tied
+        parameters (``verified()`` looks for them afterwards, in one C loop), any record of frozen
+        ones (the first gives up the walk) and, below a module whose answer holds for its whole
+        subtree, the module names: such modules carry only the stub their weight decay is cached
+        by (``_stub``), made from their own name.
         """
         strip, leads, renamers = strip_parts(self.strip_components)  # leads: e.g. PEFT's base_model.model
         for_module = self.identifier.for_module
@@ -701,16 +698,18 @@ class _Walk:
                 for leaf, param in params.items():
                     if param is None:
                         continue
+                    if not param.requires_grad:  # read here, while the tensor is in the cache
+                        if optimistic:
+                            return False
+                        self.frozen.append(join_name(prefix, leaf))  # type: ignore[arg-type]
+                        self._frozen_answers.add(answer)
+                        continue
                     if not optimistic:
                         pid = id(param)
                         if pid in seen:
                             self.shared = True  # tied, or a shared leaf module
                             continue
                         seen_add(pid)
-                        if not param.requires_grad:
-                            self.frozen.append(join_name(prefix, leaf))  # type: ignore[arg-type]
-                            self._frozen_answers.add(answer)
-                            continue
                     if leaf in module_no_wd:
                         wd = 0.0
                     else:
@@ -738,7 +737,7 @@ class _Walk:
             # their class is known to list nothing else (see walks_like_module).
             if by_stub:
                 if prefix is not None:
-                    stub = stub_of(cprefix)
+                    stub = "x." if not tail else stub_of(cprefix)
                 for name, child in reversed(children.items()):
                     if child is not None and (child._parameters or child._modules or type(child) not in checked):
                         if name in strip:  # a wrapper component: the child keeps this module's name
@@ -761,12 +760,11 @@ class _Walk:
         return not optimistic or self.verified()
 
     def verified(self) -> bool:
-        """What an optimistic walk assumed: every parameter it grouped is trainable and grouped
-        once, and none was left unmatched (a tied one might then hide behind it)."""
+        """What an optimistic walk assumed besides every parameter being trainable (checked as it
+        goes): each is grouped once, and none was left unmatched (a tied one might hide behind it)."""
         if self.frozen or self.unmatched:
             return False
-        grouped = itertools.chain.from_iterable
-        return len(set(map(id, grouped(self.members)))) == sum(map(len, self.members)) and all(map(_requires_grad, grouped(self.members)))
+        return len(set(map(id, itertools.chain.from_iterable(self.members)))) == sum(map(len, self.members))
 
     def _child_prefix(self, cprefix: str, cdot: str, name: str, inherited: ModuleState | None, leads: tuple[str, ...]) -> tuple[str, ModuleState | None]:
         """A child's canonical prefix, and the state it inherits (none once a leading prefix is cut)."""
