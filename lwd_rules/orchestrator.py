@@ -698,18 +698,19 @@ class _Walk:
                 for leaf, param in params.items():
                     if param is None:
                         continue
-                    if not param.requires_grad:  # read here, while the tensor is in the cache
-                        if optimistic:
+                    if optimistic:
+                        if not param.requires_grad:  # read here, while the tensor is in the cache
                             return False
-                        self.frozen.append(join_name(prefix, leaf))  # type: ignore[arg-type]
-                        self._frozen_answers.add(answer)
-                        continue
-                    if not optimistic:
+                    else:
                         pid = id(param)
                         if pid in seen:
                             self.shared = True  # tied, or a shared leaf module
                             continue
                         seen_add(pid)
+                        if not param.requires_grad:
+                            self.frozen.append(join_name(prefix, leaf))  # type: ignore[arg-type]
+                            self._frozen_answers.add(answer)
+                            continue
                     if leaf in module_no_wd:
                         wd = 0.0
                     else:

@@ -494,3 +494,14 @@ def test_a_two_level_count_skips_the_highest_blocks_that_hold_nothing():
         "stages.1.blocks.1.weight": 4,
         "stages.1.blocks.2.inner.1.0.weight": 5,
     }
+
+
+def test_a_frozen_tied_parameter_is_skipped_once_under_its_first_name():
+    model = nn.Module()
+    model.stem = nn.Linear(2, 2)
+    model.enc = nn.Linear(2, 2)
+    model.enc.weight = model.stem.weight
+    model.stem.weight.requires_grad_(False)
+    plan = resolve(model, load_rules(COUNTED, registry=new_registry()), registry=new_registry(), strict=False)
+    assert [skipped.name for skipped in plan.skipped] == ["stem.weight"]
+    assert sorted(row.name for row in plan.params) == ["enc.bias", "stem.bias"]
