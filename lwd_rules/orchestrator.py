@@ -610,8 +610,6 @@ class _Walk:
         self.renamed = False  # some prefix lost a wrapper component: names may collide
         self.shared = False  # some module or parameter has two places in the model (or a module holds itself)
         self._seen: set[int] = set()
-        self._seen_modules: set[int] = set()  # containers (a leaf met twice is caught by its parameters)
-        self._checked: set[type] = set()  # module classes known to walk like nn.Module
         self._key_index: dict[tuple[Answer, float, float], int] = {}
         self._wd_cache: dict[tuple[str, str, int, type], float] = {}
         self._no_wd_leaves: dict[str, set[str]] = {}  # model.no_weight_decay() names, by canonical module prefix
@@ -644,7 +642,8 @@ class _Walk:
         named_below = {  # a model.no_weight_decay() name or a leading prefix still to be cut
             name.rsplit(".", cut)[0] for name in [*no_wd_leaves, *leads] for cut in range(name.count(".") + 1)
         }
-        checked, seen_modules = self._checked, self._seen_modules
+        checked: set[type] = set()  # module classes known to walk like nn.Module
+        seen_modules: set[int] = set()  # containers (a leaf met twice is caught by its parameters)
         bucket_answer: Answer | None = None
         bucket: dict[float, list[Any]] = {}  # weight decay -> members, for bucket_answer
         # (module, prefix, canonical prefix, state); below a module whose answer holds for its
@@ -837,10 +836,8 @@ class _Walk:
         return self._frozen_answers | {found for found in by_name if found is not None}
 
     def done(self) -> None:
-        """Drop what only the walk needed (the sets of parameter and module ids)."""
+        """Drop what only the walk needed (the set of every parameter's id)."""
         self._seen = set()
-        self._seen_modules = set()
-        self._checked = set()
         self._wd_cache.clear()
 
     def _key(self, found: Answer, wd: float, mult: float) -> int:
