@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, Union
@@ -183,7 +184,8 @@ def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[
     pending = [(m.groups(), module) for probe, module in candidates if (m := search(probe)) is not None]
     if count.pattern.groups == 1:
         best = max((int(g) for (g,) in matched if g is not None and g.isdecimal()), default=-1)
-        ranked = sorted(((int(g), module) for (g,), module in pending if g is not None and g.isdecimal() and int(g) > best), key=lambda pair: -pair[0])
+        ranked = [(value, module) for (g,), module in pending if g is not None and g.isdecimal() and (value := int(g)) > best]
+        ranked.sort(key=_first, reverse=True)
         best = next((value for value, module in ranked if _holds_any(module)), best)
         return best + 1
     per: dict[int, int] = {}
@@ -199,6 +201,9 @@ def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[
         if inner + 1 > per.get(outer, 0) and _holds_any(module):
             per[outer] = inner + 1
     return [per.get(i, 0) for i in range(max(per) + 1)] if per else []
+
+
+_first = operator.itemgetter(0)
 
 
 def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidates: list[tuple[str, Any]]) -> set[str]:
@@ -237,10 +242,8 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidat
         children = module._modules
         if level + 1 >= depth and strip.isdisjoint(children) and not (leads and (not cprefix or cprefix in lead_heads or dot.startswith(leads))):
             # each child is cut, and none can begin a leading prefix: a candidate
-            for name, child in children.items():
-                if child is not None and id(child) not in seen:  # the id only: the child itself is not read
-                    seen.add(id(child))
-                    candidates.append((f"{dot}{name}.", child))
+            # Not marked seen: a module met twice makes the walk count again over every module.
+            candidates += [(f"{dot}{name}.", child) for name, child in children.items() if child is not None]
             continue
         stack += [  # reversed: popped in named_modules() order, so a shared module counts where it first appears
             (child, cprefix, level) if name in strip else (child, dot + name, level + 1)

@@ -673,6 +673,7 @@ class _Walk:
                             continue
                         first = next(iter(params.values()))
                         if (first is None or id(first) in seen) and all(p is None or id(p) in seen for p in params.values()):
+                            self.shared = self.shared or any(p is not None for p in params.values())  # a leaf with two places
                             continue
                     state = for_module(cprefix)
                 answer = state[0]
