@@ -101,14 +101,14 @@ def optimizer_scaling(sizes: list[int]) -> list[dict[str, Any]]:
     for size in sizes:
         with torch.device("meta"):
             model = many_blocks_model((size - 4) // 4)
-        seconds = best_of(lambda model=model: create_optimizer(model, rules), budget=6.0, least=3, most=7)
+        seconds = best_of(lambda model=model: create_optimizer(model, rules), budget=6.0, least=3)
         optimizer = create_optimizer(model, rules)
-        resolve_seconds = best_of(lambda model=model: resolve(model, rules), budget=3.0, least=3, most=7)
-        floor = best_of(lambda model=model: list(model.named_parameters()), budget=3.0, least=3, most=7)
+        resolve_seconds = best_of(lambda model=model: resolve(model, rules), budget=3.0, least=3)
+        floor = best_of(lambda model=model: list(model.named_parameters()), budget=3.0, least=3)
         groups = resolve(model, rules).optimizer_groups(1e-3)
         # torch's own constructor on the same groups: its add_param_group checks every new group
         # against all earlier ones, which is the part of create_optimizer lwd-rules does not run.
-        constructor = best_of(lambda groups=groups: torch.optim.AdamW([{**g, "params": list(g["params"])} for g in groups], lr=1e-3), budget=6.0, least=3, most=7)
+        constructor = best_of(lambda groups=groups: torch.optim.AdamW([{**g, "params": list(g["params"])} for g in groups], lr=1e-3), budget=6.0, least=3)
         out.append(
             {
                 "tensors": size,
@@ -215,7 +215,7 @@ def main() -> int:
         f"{scaling[-1]['seconds'] / scaling[0]['seconds']:.1f}× in all, {scaling[-1]['resolve'] / scaling[0]['resolve']:.1f}× for resolve(), "
         f"{scaling[-1]['torch'] / scaling[0]['torch']:.1f}× for torch's constructor, and {scaling[-1]['floor'] / scaling[0]['floor']:.1f}× for "
         "the floor itself: on this machine even listing the parameters grows faster than the count (caches), so growth is judged "
-        "against the floor's. Each part is the fastest of 3–7 runs; the rest is what remains of the total, so it carries the noise of all three.",
+        "against the floor's. Each part is the fastest of as many runs as fit in 3–6 s (at least 3); the rest is what remains of the total, so it carries the noise of all three.",
         "",
         f"median lwd-rules ÷ floor over the models above: {statistics.median(r['vs_floor'] for r in rows):.2f}×",
         "",
