@@ -402,6 +402,14 @@ def _wrapped_model() -> nn.Module:
     return model
 
 
+def _peft_like_model() -> nn.Module:
+    """The wrapped model behind PEFT's leading ``base_model.model`` prefix, which is cut off."""
+    outer = nn.Module()
+    outer.base_model = nn.Module()
+    outer.base_model.model = _wrapped_model()
+    return outer
+
+
 TAIL_RULES = {
     **COUNTED,
     "weight_decay": {"value": 0.1, "exclude": ["ndim<=1", {"pattern": "*.grn.weight", "allow_unused": True}, {"pattern": "*.fc.weight", "allow_unused": True}]},
@@ -416,8 +424,9 @@ TAIL_RULES = {
         (lambda: __import__("timm").create_model("vit_tiny_patch16_224", pretrained=False), "vit"),
         (lambda: __import__("timm").create_model("swin_tiny_patch4_window7_224", pretrained=False), "swin"),
         (_wrapped_model, TAIL_RULES),
+        (_peft_like_model, TAIL_RULES),
     ],
-    ids=["convnextv2-grn", "vit-no_weight_decay", "swin", "wrapper-inside-blocks"],
+    ids=["convnextv2-grn", "vit-no_weight_decay", "swin", "wrapper-inside-blocks", "peft-leading-prefix"],
 )
 def test_the_optimistic_walk_gives_what_the_checked_walk_gives(build, rules):
     """Same keys, same tensors in the same order, same flags and used entries."""
