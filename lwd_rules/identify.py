@@ -155,12 +155,12 @@ def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str],
     by_prefix, by_name, depth = memo_by_identity("counts", counts, lambda: _split_counts(counts))
     out: dict[str, int | list[int]] = {}
     if by_name:
-        names = [join_name(cprefix, leaf) for _, cprefix, params, _, _ in collect_modules(model, strip) for leaf in params]
+        names = [join_name(cprefix, leaf) for _, cprefix, params, _, _ in collect_modules(model, strip) for leaf, param in params.items() if param is not None]
         out.update((count.name, _count_value(count, names)) for count in by_name)
     if by_prefix:
         candidates: list[tuple[str, Any]] = []
         if exact:
-            prefixes = {cprefix for _, cprefix, params, _, _ in collect_modules(model, strip) if cprefix and params}
+            prefixes = {cprefix for _, cprefix, params, _, _ in collect_modules(model, strip) if cprefix and _has_parameters(params)}
         else:
             prefixes = _parameter_prefixes(model, strip, depth, candidates)
         probes = [prefix + "." for prefix in prefixes]
@@ -233,10 +233,10 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidat
             cprefix = canonical_name(cprefix, strip)
             level = cprefix.count(".") + 1 if cprefix else 0
         if level >= depth and cprefix not in lead_heads:  # a leading prefix still to be cut is not a block
-            if module._parameters or _holds_parameters(module):
+            if _holds_any(module):
                 found.add(cprefix)
             continue
-        if cprefix and module._parameters:
+        if cprefix and _has_parameters(module._parameters):
             found.add(cprefix)
         dot = cprefix + "." if cprefix else ""
         children = module._modules
@@ -255,7 +255,7 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidat
 
 def _listed_prefixes(model: Any, strip: Collection[str], depth: int) -> set[str]:
     """``_parameter_prefixes`` through ``named_modules()``, for a model with a class that overrides it."""
-    return {".".join(c.split(".")[:depth]) for _, c, params, _, _ in _collect_through_named_modules(model, strip) if c and params}
+    return {".".join(c.split(".")[:depth]) for _, c, params, _, _ in _collect_through_named_modules(model, strip) if c and _has_parameters(params)}
 
 
 def strip_parts(strip: Collection[str]) -> tuple[frozenset[str], tuple[str, ...], frozenset[str]]:
@@ -271,15 +271,21 @@ def strip_parts(strip: Collection[str]) -> tuple[frozenset[str], tuple[str, ...]
     return memo_by_identity("strip", strip, build)
 
 
+def _has_parameters(params: Mapping[str, Any]) -> bool:
+    """Whether a module's own parameter slots hold a tensor: ``named_parameters()`` skips the
+    ``None`` ones (``LayerNorm(elementwise_affine=False)``), so they name nothing to count."""
+    return any(param is not None for param in params.values())
+
+
 def _holds_any(module: Any) -> bool:
     """Whether ``module`` or a module below it has parameters."""
-    return bool(module._parameters) or _holds_parameters(module)
+    return _has_parameters(module._parameters) or _holds_parameters(module)
 
 
 def _holds_parameters(module: Any) -> bool:
     """Whether any module below ``module`` has parameters (most blocks: a direct child)."""
     for child in module._modules.values():
-        if child is not None and child._parameters:
+        if child is not None and _has_parameters(child._parameters):
             return True
     children = [child for child in module._modules.values() if child is not None]
     visited = {id(module)}  # a module that holds itself further down (a cycle) is looked at once
@@ -288,7 +294,7 @@ def _holds_parameters(module: Any) -> bool:
         if id(child) in visited:
             continue
         visited.add(id(child))
-        if child._parameters:
+        if _has_parameters(child._parameters):
             return True
         children += [grandchild for grandchild in child._modules.values() if grandchild is not None]
     return False

@@ -514,3 +514,20 @@ def test_a_frozen_tied_parameter_is_skipped_once_under_its_first_name():
     plan = resolve(model, load_rules(COUNTED, registry=new_registry()), registry=new_registry(), strict=False)
     assert [skipped.name for skipped in plan.skipped] == ["stem.weight"]
     assert sorted(row.name for row in plan.params) == ["enc.bias", "stem.bias"]
+
+
+def test_counts_skip_blocks_whose_parameter_slots_are_all_empty():
+    """``named_parameters()`` skips ``None`` slots (a LayerNorm without affine parameters), so
+    such a block names no parameter and is not counted, wherever it stands or however often."""
+    norm = nn.LayerNorm(2, elementwise_affine=False)
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False), norm, norm])
+    model.head = nn.Linear(2, 1, bias=False)
+    # blocks = 2 (blocks.1 is the highest with a parameter name), so N = 2 and the head is layer 3.
+    assert run(model, COUNTED) == {
+        "blocks.0.weight": (1, 0.5**2, 0.1),
+        "blocks.1.weight": (2, 0.5**1, 0.1),
+        "head.weight": (3, 1.0, 0.1),
+    }
+    by_name = {**COUNTED, "layers": {**COUNTED["layers"], "count": {"blocks": r"blocks\.(\d+)\."}}}  # read per name
+    assert run(model, by_name) == run(model, COUNTED)
