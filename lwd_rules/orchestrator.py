@@ -602,6 +602,7 @@ class _Walk:
         self.frozen: list[str] = []
         self._frozen_answers: set[Answer] = set()
         self._frozen_by_name: list[tuple[Callable[[str], Answer | None], str]] = []  # evaluated only if N is needed
+        self._frozen_ids: list[int] = []  # the frozen tensors an optimistic walk listed, for verified()
         self.unmatched: list[tuple[str, str]] = []
         self.override_frozen: list[tuple[str, int]] = []  # (name, layer id)
         self.exclusion_used = [False] * len(self.exclusions)
@@ -623,10 +624,10 @@ class _Walk:
         ``optimistic``, when ``verified()`` would not hold.
 
         ``optimistic`` leaves out what almost no model needs: the per-parameter check for tied
-        parameters (``verified()`` looks for them afterwards, in one C loop), any record of frozen
-        ones (the first gives up the walk) and, below a module whose answer holds for its whole
-        subtree, the module names: such modules carry only the stub their weight decay is cached
-        by (``_stub``), made from their own name.
+        parameters (``verified()`` looks for them afterwards, in one C loop) and, below a module
+        whose answer holds for its whole subtree, the module names: such modules carry only the
+        stub their weight decay is cached by (``_stub``), made from their own name. A frozen
+        parameter there, having no name to be listed under, gives up the walk.
         """
         strip, leads, renamers = strip_parts(self.strip_components)  # leads: e.g. PEFT's base_model.model
         for_module = self.identifier.for_module
@@ -700,7 +701,12 @@ class _Walk:
                         continue
                     if optimistic:
                         if not param.requires_grad:  # read here, while the tensor is in the cache
-                            return False
+                            if prefix is None:  # no name to list it under: walk again with every check
+                                return False
+                            self.frozen.append(join_name(prefix, leaf))
+                            self._frozen_answers.add(answer)
+                            self._frozen_ids.append(id(param))
+                            continue
                     else:
                         pid = id(param)
                         if pid in seen:
@@ -761,11 +767,13 @@ class _Walk:
         return not optimistic or self.verified()
 
     def verified(self) -> bool:
-        """What an optimistic walk assumed besides every parameter being trainable (checked as it
-        goes): each is grouped once, and none was left unmatched (a tied one might hide behind it)."""
-        if self.frozen or self.unmatched:
+        """What an optimistic walk assumed: each parameter it grouped or listed as frozen was met
+        once, and none was left unmatched (a tied one might hide behind it)."""
+        if self.unmatched:
             return False
-        return len(set(map(id, itertools.chain.from_iterable(self.members)))) == sum(map(len, self.members))
+        met = set(map(id, itertools.chain.from_iterable(self.members)))
+        met.update(self._frozen_ids)
+        return len(met) == sum(map(len, self.members)) + len(self._frozen_ids)
 
     def _child_prefix(self, cprefix: str, cdot: str, name: str, inherited: ModuleState | None, leads: tuple[str, ...]) -> tuple[str, ModuleState | None]:
         """A child's canonical prefix, and the state it inherits (none once a leading prefix is cut)."""

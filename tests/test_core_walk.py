@@ -383,7 +383,7 @@ def _walked(model: nn.Module, rules, optimistic: bool):
     walk = _Walk(resolver, identifier)
     held = walk.run(model, optimistic=optimistic)
     members = [[id(p) for p in params] for params in walk.members]
-    return held, (walk.keys, members, walk.renamed, walk.exclusion_used, identifier.used)
+    return held, (walk.keys, members, walk.renamed, walk.exclusion_used, identifier.used, walk.frozen)
 
 
 class Wrapped(nn.Module):
@@ -399,6 +399,14 @@ def _wrapped_model() -> nn.Module:
     model = nn.Module()
     model.stem = nn.Linear(2, 2)
     model.blocks = nn.ModuleList([Wrapped() for _ in range(3)])
+    return model
+
+
+def _frozen_head_model() -> nn.Module:
+    """A frozen tensor outside any subtree with one answer: listed by name, no second walk."""
+    model = _wrapped_model()
+    model.head = nn.Linear(2, 2)
+    model.head.weight.requires_grad_(False)
     return model
 
 
@@ -425,8 +433,9 @@ TAIL_RULES = {
         (lambda: __import__("timm").create_model("swin_tiny_patch4_window7_224", pretrained=False), "swin"),
         (_wrapped_model, TAIL_RULES),
         (_peft_like_model, TAIL_RULES),
+        (_frozen_head_model, TAIL_RULES),
     ],
-    ids=["convnextv2-grn", "vit-no_weight_decay", "swin", "wrapper-inside-blocks", "peft-leading-prefix"],
+    ids=["convnextv2-grn", "vit-no_weight_decay", "swin", "wrapper-inside-blocks", "peft-leading-prefix", "frozen-head"],
 )
 def test_the_optimistic_walk_gives_what_the_checked_walk_gives(build, rules):
     """Same keys, same tensors in the same order, same flags and used entries."""
@@ -442,6 +451,13 @@ def test_the_optimistic_walk_gives_what_the_checked_walk_gives(build, rules):
 def _tied_inside_a_block() -> nn.Module:
     model = _wrapped_model()
     model.blocks[2].grn.weight = model.blocks[1].grn.weight
+    return model
+
+
+def _frozen_and_tied_outside_blocks() -> nn.Module:
+    model = _frozen_head_model()
+    model.tail = nn.Linear(2, 2)
+    model.tail.weight = model.head.weight
     return model
 
 
@@ -531,3 +547,14 @@ def test_counts_skip_blocks_whose_parameter_slots_are_all_empty():
     }
     by_name = {**COUNTED, "layers": {**COUNTED["layers"], "count": {"blocks": r"blocks\.(\d+)\."}}}  # read per name
     assert run(model, by_name) == run(model, COUNTED)
+
+
+def test_a_frozen_tensor_tied_outside_the_blocks_is_listed_once():
+    """Frozen outside any subtree with one answer the optimistic walk lists it by name; met again
+    (tied), it gives way, and the checked walk lists it once, under its first name."""
+    held, _ = _walked(_frozen_and_tied_outside_blocks(), TAIL_RULES, optimistic=True)
+    assert not held
+    plan = resolve(_frozen_and_tied_outside_blocks(), load_rules(TAIL_RULES, registry=new_registry()), registry=new_registry())
+    assert [skipped.name for skipped in plan.skipped] == ["head.weight"]
+    every = {name for name, _ in _wrapped_model().named_parameters()}
+    assert {row.name for row in plan.params} == every | {"head.bias", "tail.bias"}
