@@ -283,10 +283,7 @@ def _holds_any(module: Any) -> bool:
 
 
 def _holds_parameters(module: Any) -> bool:
-    """Whether any module below ``module`` has parameters (most blocks: a direct child)."""
-    for child in module._modules.values():
-        if child is not None and _has_parameters(child._parameters):
-            return True
+    """Whether any module below ``module`` has parameters."""
     children = [child for child in module._modules.values() if child is not None]
     visited = {id(module)}  # a module that holds itself further down (a cycle) is looked at once
     while children:
