@@ -96,6 +96,32 @@ def _scope(text: str, flags: int) -> tuple[str, int]:
     return NAME, 0
 
 
+def ends_in_component(pattern: re.Pattern[str]) -> bool:
+    r"""Whether a ``PREFIX`` pattern ends in ``(\d+)\.`` right after ``^`` or a literal dot, its
+    last group capturing that component (``^blocks\.(?P<block>\d+)\.``).
+
+    Against ``dot + name + "."``, where ``dot`` holds one dot fewer than the pattern, such a
+    pattern matches a decimal ``name`` exactly when it matches ``dot + "0."``, with the same groups
+    but the last, which is ``name``: one search then places every block of a list.
+    """
+    return _ends_in_component(pattern.pattern, pattern.flags)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ends_in_component(text: str, flags: int) -> bool:
+    if flags & (re.ASCII | re.MULTILINE) or _scope(text, flags)[0] != PREFIX:
+        return False  # ASCII: \d would miss some decimal names; MULTILINE: ^ could match mid-name
+    parsed = _parser.parse(text, flags)
+    items = list(parsed)
+    if len(items) < 3 or items[-3] not in ((_c.LITERAL, _DOT), *_BEGIN) or items[-2][0] is not _c.SUBPATTERN:
+        return False
+    group, add_flags, del_flags, body = items[-2][1]
+    if group != parsed.state.groups - 1 or add_flags or del_flags or len(body) != 1 or body[0][0] is not _c.MAX_REPEAT:
+        return False
+    least, most, repeated = body[0][1]
+    return least == 1 and most is _c.MAXREPEAT and list(repeated) == [(_c.IN, [(_c.CATEGORY, _c.CATEGORY_DIGIT)])]
+
+
 def _literal_dots(items: Iterable[tuple[Any, Any]]) -> int:
     return sum(1 if (op is _c.LITERAL and av == _DOT) else _literal_dots(av[3]) if op is _c.SUBPATTERN else 0 for op, av in items)
 
@@ -158,7 +184,7 @@ def count_variables(counts: Sequence[Count], model: Any, strip: Collection[str],
         names = [join_name(cprefix, leaf) for _, cprefix, params, _, _ in collect_modules(model, strip) for leaf, param in params.items() if param is not None]
         out.update((count.name, _count_value(count, names)) for count in by_name)
     if by_prefix:
-        candidates: list[tuple[str, Any]] = []
+        candidates: list[tuple[str, Mapping[str, Any]]] = []
         if exact:
             prefixes = {cprefix for _, cprefix, params, _, _ in collect_modules(model, strip) if cprefix and _has_parameters(params)}
         else:
@@ -175,13 +201,13 @@ def _split_counts(counts: Sequence[Count]) -> tuple[list[Count], list[Count], in
     return by_prefix, by_name, max((prefix_dots(count.pattern) for count in by_prefix), default=0)
 
 
-def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[str, Any]] = ()) -> int | list[int]:
-    """The count over ``texts``, and over the (probe, module) ``candidates`` whose module holds
+def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> int | list[int]:
+    """The count over ``texts``, and over the children of the (dot, children) ``candidates`` that hold
     parameters: asked only of those whose value could raise the count, best first, so ten
     thousand blocks cost one look inside a module rather than ten thousand."""
     search = count.pattern.search
     matched = [m.groups() for m in map(search, texts) if m is not None]
-    pending = [(m.groups(), module) for probe, module in candidates if (m := search(probe)) is not None]
+    pending = _matching_children(count.pattern, candidates)
     if count.pattern.groups == 1:
         best = max((int(g) for (g,) in matched if g is not None and g.isdecimal()), default=-1)
         ranked = [(value, module) for (g,), module in pending if g is not None and g.isdecimal() and (value := int(g)) > best]
@@ -206,10 +232,29 @@ def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[
 _first = operator.itemgetter(0)
 
 
-def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidates: list[tuple[str, Any]]) -> set[str]:
+def _matching_children(pattern: re.Pattern[str], candidates: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tuple[tuple[str | None, ...], Any]]:
+    """(groups, child) for each child ``name`` of the (dot, children) ``candidates`` whose probe
+    ``dot + name + "."`` the ``PREFIX`` pattern matches: one search for all the decimal names of a
+    list of blocks when the pattern ends in ``(\\d+)\\.`` (``ends_in_component``)."""
+    search = pattern.search
+    component, dots = ends_in_component(pattern), prefix_dots(pattern)
+    out: list[tuple[tuple[str | None, ...], Any]] = []
+    for dot, children in candidates:
+        if component and dot.count(".") == dots - 1:
+            found = search(dot + "0.")
+            if found is not None:
+                head = found.groups()[:-1]
+                out += [((*head, name), child) for name, child in children.items() if child is not None and name.isdecimal()]
+            out += [(m.groups(), child) for name, child in children.items() if child is not None and not name.isdecimal() and (m := search(f"{dot}{name}.")) is not None]
+        else:
+            out += [(m.groups(), child) for name, child in children.items() if child is not None and (m := search(f"{dot}{name}.")) is not None]
+    return out
+
+
+def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidates: list[tuple[str, Mapping[str, Any]]]) -> set[str]:
     """The canonical prefixes of the modules that hold parameters, cut to ``depth`` components:
     a module that deep stands for its subtree and is not walked into. The children of a module
-    just above the cut go to ``candidates`` as (prefix + ".", module), unopened: only the ones whose
+    just above the cut go to ``candidates`` as (prefix + ".", its children), unopened: only the ones whose
     prefix could raise a count are looked into (``_count_value``). Their classes are not checked
     either: a class that lists its own modules sends the walk to ``run_listed``, after which the
     counts are taken again over every module."""
@@ -243,7 +288,7 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidat
         if level + 1 >= depth and strip.isdisjoint(children) and not (leads and (not cprefix or cprefix in lead_heads or dot.startswith(leads))):
             # each child is cut, and none can begin a leading prefix: a candidate
             # Not marked seen: a module met twice makes the walk count again over every module.
-            candidates += [(f"{dot}{name}.", child) for name, child in children.items() if child is not None]
+            candidates.append((dot, children))
             continue
         stack += [  # reversed: popped in named_modules() order, so a shared module counts where it first appears
             (child, cprefix, level) if name in strip else (child, dot + name, level + 1)
@@ -375,6 +420,62 @@ class LayerIdentifier:
         if self.plugin_ids:
             return self._after_rules, False
         return self._default, final
+
+    def for_children(self, prefix: str, children: Mapping[str, Any]) -> list[ModuleState | None] | None:
+        """``for_module`` of each child of the module at canonical ``prefix`` (aligned with
+        ``children``), without a search per child, when the rule that places them ends in
+        ``(\\d+)\\.`` (``ends_in_component``) and each rule before it reads only ``prefix`` or
+        needs more dots than a child has. None for a child left to ``for_module`` (a name that is
+        not decimal, a slot that holds nothing); None in all when the rules do not allow it."""
+        dot = prefix + "."
+        depth = dot.count(".") + 1  # the dots of a child's probe
+        final = True
+        for index, search, by_name, dots in self._module_rules:
+            if by_name or (dots < depth and search(dot) is not None):
+                return None  # a name-reading rule first, or one that places this whole subtree
+            if dots > depth:  # it may match a module below a child
+                final = False
+            elif dots == depth:
+                if not ends_in_component(self.rules[index].pattern):
+                    return None
+                found = search(dot + "0.")
+                if found is not None:
+                    return self._place_children(index, found.groups()[:-1], dot, final, children)
+        return None
+
+    def _place_children(self, index: int, head: tuple[str | None, ...], dot: str, final: bool, children: Mapping[str, Any]) -> list[ModuleState | None]:
+        """The states ``for_children`` gives when rule ``index`` matches every decimal child with
+        the groups ``head`` before the last: one state per distinct layer id, shared by its blocks."""
+        env, formula, named = self._envs[index], self._formulas[index], self._named[index]
+        last = len(head)
+        component = next((name for name, position in named if position == last), None)
+        for name, position in named:
+            if position != last:
+                text = head[position]
+                env[name] = int(text) if text is not None and text.isdecimal() else _as_int(text)
+        states: dict[int, ModuleState] = {}
+        out: list[ModuleState | None] = []
+        layer_id = None
+        for name, child in children.items():
+            if child is None or not name.isdecimal() or not (child._modules or _has_parameters(child._parameters)):
+                out.append(None)
+                continue
+            if component is not None or layer_id is None:
+                if component is not None:
+                    env[component] = int(name)
+                try:
+                    layer_id = formula(env)
+                except FormulaError:
+                    layer_id = None
+                if layer_id.__class__ is not int:  # checked and reported as for one module
+                    layer_id = self._layer_id(index, (*head, name), dot + name + ".")
+            state = states.get(layer_id)
+            if state is None:
+                state = states[layer_id] = ((layer_id, index), final)
+            out.append(state)
+        if states:
+            self.used[index] = True
+        return out
 
     def _by_name(self, pending: list[int], won: tuple[int, tuple[str | None, ...]] | None) -> Callable[[str], Answer | None]:
         """The answer for a module whose name-reading rules come before the prefix rule that won (if any)."""

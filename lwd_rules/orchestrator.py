@@ -630,7 +630,7 @@ class _Walk:
         parameter there, having no name to be listed under, gives up the walk.
         """
         strip, leads, renamers = strip_parts(self.strip_components)  # leads: e.g. PEFT's base_model.model
-        for_module = self.identifier.for_module
+        for_module, for_children = self.identifier.for_module, self.identifier.for_children
         fast = self.cacheable and self.claim is None
         optimistic = optimistic and fast
         tail, stub_of = self.tail, self._stub
@@ -756,10 +756,12 @@ class _Walk:
             inherited = state if state[1] else None
             dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
             if dot == cdot and renamers.isdisjoint(children):  # nothing renamed: share the strings
-                for name, child in reversed(children.items()):
+                # a list of blocks: placed together, one search for all (LayerIdentifier.for_children)
+                states = for_children(cprefix, children) if optimistic and inherited is None and cprefix and len(children) > 2 else None
+                for (name, child), child_state in zip(reversed(children.items()), reversed(states) if states else itertools.repeat(inherited)):
                     if child is not None and (child._parameters or child._modules or type(child) not in checked):
                         child_prefix = dot + name
-                        push((child, child_prefix, child_prefix, inherited))
+                        push((child, child_prefix, child_prefix, child_state))
             else:
                 for name, child in reversed(children.items()):
                     if child is not None and (child._parameters or child._modules or type(child) not in checked):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn as nn
 
@@ -558,3 +560,162 @@ def test_a_frozen_tensor_tied_outside_the_blocks_is_listed_once():
     assert [skipped.name for skipped in plan.skipped] == ["head.weight"]
     every = {name for name, _ in _wrapped_model().named_parameters()}
     assert {row.name for row in plan.params} == every | {"head.bias", "tail.bias"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "places_a_list"),
+    [
+        (r"^blocks\.(?P<block>\d+)\.", True),
+        (r"^blocks\.(\d+)\.", True),
+        (r"^(\d+)\.", True),
+        (r"^stages\.(\d+)\.blocks\.(\d+)\.", True),  # the last group is the component
+        (r"^blocks\.(\d{1,})\.", True),
+        (r"(?i)^Blocks\.(\d+)\.", True),  # case folds the literal part only
+        (r"^blocks\.(\d+?)\.", False),
+        (r"^blocks\.(\d)\.", False),  # one digit: blocks.12 does not match
+        (r"^blocks\.([0-9]+)\.", False),  # narrower than \d for non-ASCII digits
+        (r"(?a)^blocks\.(\d+)\.", False),
+        (r"^blocks\.x(\d+)\.", False),  # the group is not a whole component
+        (r"^blocks\.(\d+)x\.", False),
+        (r"^blocks\.((\d+))\.", False),
+        (r"^blocks\.(?:\d+)\.", False),
+        (r"^blocks\.(\d+)\.(?:mlp)\.", False),
+        (r"blocks\.(\d+)\.", False),  # unanchored: reads the whole name
+        (r"^stem\.", False),
+    ],
+)
+def test_which_patterns_place_a_list_of_blocks_with_one_search(pattern, places_a_list):
+    import re
+
+    from lwd_rules.identify import ends_in_component
+
+    assert ends_in_component(re.compile(pattern)) is places_a_list
+
+
+def _identifier(rules: list[dict], env: dict | None = None):
+    from lwd_rules.identify import LayerIdentifier
+
+    loaded = load_rules({"layers": {"num_layers": 9, "rules": rules, "default": 9}}, registry=new_registry())
+    return LayerIdentifier(loaded.rules, loaded.default, {"num_layers": 9, **(env or {})})
+
+
+def _blocks(names: list[str], empty: set[str] = frozenset()) -> nn.ModuleDict:
+    return nn.ModuleDict({name: nn.LayerNorm(2, elementwise_affine=name not in empty) for name in names})
+
+
+def test_a_list_of_blocks_is_placed_with_one_search_as_each_block_would_be():
+    identifier = _identifier(
+        [
+            {"match": r"^stem\.", "layer": 0},
+            {"match": r"^stages\.(?P<s>\d+)\.blocks\.(?P<b>\d+)\.mlp\.", "layer": 8},  # needs a dot more than a block
+            {"match": r"^stages\.(?P<s>\d+)\.blocks\.(?P<b>\d+)\.", "layer": "s * 4 + b + 1"},
+        ]
+    )
+    # "x" is no number, "12" holds no parameter: both left to for_module; "07" and "٣" are decimal.
+    children = _blocks(["0", "1", "x", "07", "٣", "12"], empty={"12"})._modules
+    states = identifier.for_children("stages.1.blocks", children)
+    not_final = False  # the mlp rule may still match below each block
+    assert states == [((5, 2), not_final), ((6, 2), not_final), None, ((12, 2), not_final), ((8, 2), not_final), None]
+    assert [identifier.for_module(f"stages.1.blocks.{name}") for name in ["0", "1", "07", "٣"]] == [s for s in states if s is not None]
+    assert identifier.used == [False, False, True]
+
+
+def test_a_constant_rule_places_every_block_alike_and_a_rule_before_it_can_place_the_whole_list():
+    constant = _identifier([{"match": r"^blocks\.(\d+)\.", "layer": 3}])
+    states = constant.for_children("blocks", _blocks(["0", "1", "2"])._modules)
+    assert states == [((3, 0), True)] * 3
+    assert states[0] is states[1] is states[2]
+    whole = _identifier([{"match": r"^blocks\.", "layer": 2}, {"match": r"^blocks\.(\d+)\.", "layer": 3}])
+    assert whole.for_children("blocks", _blocks(["0", "1"])._modules) is None  # blocks. itself matches: for_module says so
+    by_name = _identifier([{"match": r"weight$", "layer": 2}, {"match": r"^blocks\.(\d+)\.", "layer": 3}])
+    assert by_name.for_children("blocks", _blocks(["0", "1"])._modules) is None  # a rule reading each name comes first
+    other_list = _identifier([{"match": r"^heads\.(\d+)\.", "layer": 3}])
+    assert other_list.for_children("blocks", _blocks(["0", "1"])._modules) is None  # only the default: for_module
+
+
+def test_a_formula_error_in_a_list_of_blocks_names_the_block():
+    from lwd_rules.errors import RuleError
+
+    identifier = _identifier([{"match": r"^blocks\.(?P<i>\d+)\.", "layer": "10 // (i - 1)"}])
+    with pytest.raises(RuleError, match=r"blocks\.1\."):
+        identifier.for_children("blocks", _blocks(["0", "1", "2"])._modules)
+
+
+def test_counts_over_a_list_with_names_that_are_not_numbers():
+    model = nn.Module()
+    model.blocks = nn.ModuleDict(
+        {"0": nn.Linear(2, 2), "x9": nn.Linear(2, 2), "7": nn.Linear(2, 2), "٣": nn.Linear(2, 2), "12": nn.ReLU(), "30": nn.LayerNorm(2, elementwise_affine=False)}
+    )
+    model.head = nn.Linear(2, 1)
+    from lwd_rules.identify import count_variables
+    import re
+
+    counts = load_rules({**COUNTED, "layers": {**COUNTED["layers"], "count": {"blocks": r"^blocks\.(\d+)\.", "xs": r"^blocks\.x(\d+)\."}}}, registry=new_registry()).counts
+    # blocks.7 is the highest decimal block with a parameter (12 holds none, 30 only empty slots);
+    # blocks.x9 counts only for the pattern that reads it.
+    assert count_variables(counts, model, ()) == {"blocks": 8, "xs": 10}
+    assert count_variables(counts, model, (), exact=True) == {"blocks": 8, "xs": 10}
+    assert re.compile(r"^blocks\.(\d+)\.").search("blocks.٣.").group(1) == "٣"  # \d reads it too: 3 < 7
+
+
+def _draw_list(data, depth: int) -> nn.Module:
+    names = data.draw(st.lists(st.sampled_from(["0", "1", "2", "3", "07", "٣", "a", "mlp"]), min_size=1, max_size=5, unique=True), label="names")
+    return nn.ModuleDict({name: _draw_block(data, depth + 1) for name in names})
+
+
+def _draw_block(data, depth: int) -> nn.Module:
+    kind = data.draw(st.sampled_from(["linear", "empty norm", "relu", "module", "list"] if depth < 3 else ["linear", "empty norm", "relu"]), label="kind")
+    if kind == "linear":
+        return nn.Linear(2, 2, bias=data.draw(st.booleans(), label="bias"))
+    if kind == "empty norm":
+        return nn.LayerNorm(2, elementwise_affine=False)
+    if kind == "relu":
+        return nn.ReLU()
+    if kind == "list":
+        return _draw_list(data, depth)
+    module = nn.Module()
+    for name in data.draw(st.lists(st.sampled_from(["mlp", "norm", "blocks"]), min_size=1, max_size=2, unique=True), label="children"):
+        module.add_module(name, _draw_block(data, depth + 1))
+    return module
+
+
+def _draw_prefix_rules(data, model: nn.Module) -> list[dict]:
+    """Anchored rules made from the model's own module names, a decimal component kept, or read
+    by a named or an unnamed group; formulas read the named groups."""
+    import re
+
+    prefixes = sorted(name for name, _ in model.named_modules() if name)
+    rules = []
+    for prefix in data.draw(st.lists(st.sampled_from(prefixes), max_size=4), label="rule prefixes") if prefixes else []:
+        parts, groups = [], []
+        for part in prefix.split("."):
+            how = data.draw(st.sampled_from(["keep", "named", "unnamed"]), label="component") if part.isdecimal() else "keep"
+            if how == "named":
+                groups.append(f"g{len(groups)}")
+                parts.append(f"(?P<{groups[-1]}>\\d+)")
+            else:
+                parts.append(r"(\d+)" if how == "unnamed" else re.escape(part))
+        layer = f"({' + '.join(groups)}) % 5 + 1" if groups and data.draw(st.booleans(), label="formula") else data.draw(st.integers(0, 6), label="layer")
+        rules.append({"match": "^" + r"\.".join(parts) + r"\.", "layer": layer})
+    return rules
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_lists_of_blocks_are_placed_as_one_module_at_a_time_would_be(data):
+    """The optimistic walk places lists of blocks together (for_children); the checked walk asks
+    for_module of each block: same keys, tensors, flags and used rules, on random lists."""
+    model = nn.Module()
+    model.stem = nn.Linear(2, 2)
+    model.blocks = _draw_list(data, 0)
+    model.stages = nn.ModuleList([_draw_block(data, 1) for _ in range(data.draw(st.integers(0, 3), label="stages"))])
+    rules = {
+        "layers": {"num_layers": 5, "rules": _draw_prefix_rules(data, model), "default": "num_layers + 1"},
+        "layer_decay": {"rate": 0.5},
+        "weight_decay": {"value": 0.1, "exclude": [{"pattern": "ndim<=1", "allow_unused": True}]},
+        "checks": {"unused_patterns": "ignore"},
+    }
+    fast_held, fast = _walked(model, rules, optimistic=True)
+    checked_held, checked = _walked(model, rules, optimistic=False)
+    assert fast_held and checked_held
+    assert fast == checked

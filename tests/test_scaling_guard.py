@@ -35,7 +35,7 @@ def work(monkeypatch: pytest.MonkeyPatch, blocks: int) -> tuple[dict[str, int], 
         model = many_blocks_model(blocks)
     calls: dict[str, int] = {}
     with monkeypatch.context() as patch:
-        for owner, name in [(LayerIdentifier, "for_module"), (LayerIdentifier, "_layer_id"), (Formula, "__call__"), (LayerIdentifier, "identify"), (_Walk, "_weight_decay")]:
+        for owner, name in [(LayerIdentifier, "for_module"), (LayerIdentifier, "for_children"), (LayerIdentifier, "_place_children"), (LayerIdentifier, "_layer_id"), (Formula, "__call__"), (LayerIdentifier, "identify"), (_Walk, "_weight_decay")]:
             counted(patch, owner, name, calls)
         counted(patch, identify, "_holds_parameters", calls)
         add_keys = Grouper.add_keys
@@ -57,12 +57,14 @@ def test_work_is_linear_in_modules_and_groups_are_bounded(monkeypatch, blocks):
     # layers.count reads the block names, and looks inside blocks only until the highest-numbered
     # one holding a parameter is found: here the last one.
     assert calls["_holds_parameters"] == 1
-    # Rule matching runs once per block (its children inherit the answer), never per parameter.
-    assert calls["for_module"] == blocks + 4  # the root, stem, blocks container, head, and each block
+    # Rules are searched per module above the blocks, once for the whole list of blocks (their
+    # rule ends in (\d+)\., so the block's number is its name), never per block or per parameter.
+    assert calls["for_module"] == 4  # the root, stem, blocks container and head
+    assert calls["for_children"] == calls["_place_children"] == 1  # the blocks, placed together
     assert calls.get("identify", 0) == 0  # no parameter needed its full name matched
-    # One layer id per module a rule matched (the blocks and the stem), its formula evaluated
-    # once per distinct named groups; Formula.__call__ only for the default and num_layers.
-    assert calls["_layer_id"] == blocks + 1
+    # A layer id through the cache only for the stem: the blocks' formula runs once per block in
+    # _place_children; Formula.__call__ only for the default and num_layers.
+    assert calls["_layer_id"] == 1
     assert calls["__call__"] <= 2
     # Weight decay is decided once per distinct (leaf name, ndim), not per parameter.
     assert calls["_weight_decay"] <= 8
