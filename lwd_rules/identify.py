@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -207,9 +208,11 @@ def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[
     thousand blocks cost one look inside a module rather than ten thousand."""
     search = count.pattern.search
     matched = [m.groups() for m in map(search, texts) if m is not None]
-    pending = _matching_children(count.pattern, candidates)
+    lists, pending = _matching_children(count.pattern, candidates)
     if count.pattern.groups == 1:
         best = max((int(g) for (g,) in matched if g is not None and g.isdecimal()), default=-1)
+        for _, children in lists:
+            best = _highest_holding(children, best)
         ranked = [(value, module) for (g,), module in pending if g is not None and g.isdecimal() and (value := int(g)) > best]
         ranked.sort(key=_first, reverse=True)
         best = next((value for value, module in ranked if _holds_any(module)), best)
@@ -219,6 +222,12 @@ def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[
         if all(g is not None and g.isdecimal() for g in groups):
             outer, inner = int(groups[0]), int(groups[1])
             per[outer] = max(per.get(outer, 0), inner + 1)
+    for (outer_text,), children in lists:
+        if outer_text is not None and outer_text.isdecimal():
+            outer = int(outer_text)
+            highest = _highest_holding(children, per.get(outer, 0) - 1)
+            if highest >= 0:
+                per[outer] = highest + 1
     ranked_pairs = sorted(
         ((int(groups[0]), int(groups[1]), module) for groups, module in pending if all(g is not None and g.isdecimal() for g in groups)),
         key=lambda triple: (triple[0], -triple[1]),
@@ -232,23 +241,47 @@ def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[
 _first = operator.itemgetter(0)
 
 
-def _matching_children(pattern: re.Pattern[str], candidates: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tuple[tuple[str | None, ...], Any]]:
-    """(groups, child) for each child ``name`` of the (dot, children) ``candidates`` whose probe
-    ``dot + name + "."`` the ``PREFIX`` pattern matches: one search for all the decimal names of a
-    list of blocks when the pattern ends in ``(\\d+)\\.`` (``ends_in_component``)."""
+def _matching_children(
+    pattern: re.Pattern[str], candidates: Sequence[tuple[str, Mapping[str, Any]]]
+) -> tuple[list[tuple[tuple[str | None, ...], Mapping[str, Any]]], list[tuple[tuple[str | None, ...], Any]]]:
+    """What a ``PREFIX`` pattern matches among the children of the (dot, children) ``candidates``,
+    probed as ``dot + name + "."``: (head, children) for a list of blocks whose decimal children it
+    all matches with the groups ``(*head, name)`` (one search, see ``ends_in_component``), and
+    (groups, child) for each other child it matches."""
     search = pattern.search
     component, dots = ends_in_component(pattern), prefix_dots(pattern)
-    out: list[tuple[tuple[str | None, ...], Any]] = []
+    lists: list[tuple[tuple[str | None, ...], Mapping[str, Any]]] = []
+    pending: list[tuple[tuple[str | None, ...], Any]] = []
     for dot, children in candidates:
         if component and dot.count(".") == dots - 1:
             found = search(dot + "0.")
             if found is not None:
-                head = found.groups()[:-1]
-                out += [((*head, name), child) for name, child in children.items() if child is not None and name.isdecimal()]
-            out += [(m.groups(), child) for name, child in children.items() if child is not None and not name.isdecimal() and (m := search(f"{dot}{name}.")) is not None]
+                lists.append((found.groups()[:-1], children))
+            pending += [(m.groups(), child) for name in itertools.filterfalse(str.isdecimal, children) if (child := children[name]) is not None and (m := search(f"{dot}{name}.")) is not None]
         else:
-            out += [(m.groups(), child) for name, child in children.items() if child is not None and (m := search(f"{dot}{name}.")) is not None]
-    return out
+            pending += [(m.groups(), child) for name, child in children.items() if child is not None and (m := search(f"{dot}{name}.")) is not None]
+    return lists, pending
+
+
+def _highest_holding(children: Mapping[str, Any], above: int) -> int:
+    """The highest decimal name above ``above`` among ``children`` whose child holds a parameter
+    (else ``above``): the highest is nearly always it, found without sorting."""
+    names = list(filter(str.isdecimal, children))
+    if not names:
+        return above
+    top = max(names, key=int)
+    if int(top) <= above:
+        return above
+    child = children[top]
+    if child is not None and _holds_any(child):
+        return int(top)
+    for value, name in sorted(((int(name), name) for name in names), reverse=True):
+        if value <= above:
+            break
+        child = children[name]
+        if child is not None and _holds_any(child):
+            return value
+    return above
 
 
 def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidates: list[tuple[str, Mapping[str, Any]]]) -> set[str]:

@@ -644,15 +644,15 @@ def test_a_formula_error_in_a_list_of_blocks_names_the_block():
 def test_counts_over_a_list_with_names_that_are_not_numbers():
     model = nn.Module()
     model.blocks = nn.ModuleDict(
-        {"0": nn.Linear(2, 2), "x9": nn.Linear(2, 2), "7": nn.Linear(2, 2), "٣": nn.Linear(2, 2), "12": nn.ReLU(), "30": nn.LayerNorm(2, elementwise_affine=False)}
+        {"0": nn.Linear(2, 2), "x9": nn.Linear(2, 2), "7": nn.ReLU(), "07": nn.Linear(2, 2), "٣": nn.Linear(2, 2), "12": nn.ReLU(), "30": nn.LayerNorm(2, elementwise_affine=False)}
     )
     model.head = nn.Linear(2, 1)
     from lwd_rules.identify import count_variables
     import re
 
     counts = load_rules({**COUNTED, "layers": {**COUNTED["layers"], "count": {"blocks": r"^blocks\.(\d+)\.", "xs": r"^blocks\.x(\d+)\."}}}, registry=new_registry()).counts
-    # blocks.7 is the highest decimal block with a parameter (12 holds none, 30 only empty slots);
-    # blocks.x9 counts only for the pattern that reads it.
+    # blocks.07 is the highest decimal block with a parameter (30 holds only empty slots, 12 and 7
+    # nothing); blocks.x9 counts only for the pattern that reads it.
     assert count_variables(counts, model, ()) == {"blocks": 8, "xs": 10}
     assert count_variables(counts, model, (), exact=True) == {"blocks": 8, "xs": 10}
     assert re.compile(r"^blocks\.(\d+)\.").search("blocks.٣.").group(1) == "٣"  # \d reads it too: 3 < 7
@@ -719,3 +719,29 @@ def test_lists_of_blocks_are_placed_as_one_module_at_a_time_would_be(data):
     checked_held, checked = _walked(model, rules, optimistic=False)
     assert fast_held and checked_held
     assert fast == checked
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_counts_over_lists_of_blocks_equal_counts_over_every_module(data):
+    """layers.count reads the numbers of a list of blocks from their names and opens the highest
+    first; exact=True probes every module with a parameter: the same counts on random lists."""
+    import re
+
+    from lwd_rules.identify import count_variables
+
+    model = nn.Module()
+    model.blocks = _draw_list(data, 0)
+    model.stages = nn.ModuleList([_draw_block(data, 1) for _ in range(data.draw(st.integers(0, 3), label="stages"))])
+    patterns = set()
+    for prefix in sorted(name for name, _ in model.named_modules() if name):
+        parts = [r"(\d+)" if part.isdecimal() else re.escape(part) for part in prefix.split(".")]
+        pattern = "^" + r"\.".join(parts) + r"\."
+        if 1 <= re.compile(pattern).groups <= 2:
+            patterns.add(pattern)
+    if not patterns:
+        return
+    chosen = data.draw(st.lists(st.sampled_from(sorted(patterns)), min_size=1, max_size=3, unique=True), label="counts")
+    rules = {**COUNTED, "layers": {**COUNTED["layers"], "count": {f"c{i}": pattern for i, pattern in enumerate(chosen)}, "num_layers": 4}}
+    counts = load_rules(rules, registry=new_registry()).counts
+    assert count_variables(counts, model, ()) == count_variables(counts, model, (), exact=True)
