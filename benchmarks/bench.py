@@ -15,6 +15,7 @@ import argparse
 import gc
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -67,16 +68,46 @@ def peak_bytes(fn: Callable[[], Any]) -> int:
     return peak
 
 
-def timm_groups(model: nn.Module) -> list[dict[str, Any]]:
+def timm_groups(model: nn.Module, rate: float) -> list[dict[str, Any]]:
     no_wd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-    return param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.75, no_weight_decay_list=no_wd)
+    return param_groups_layer_decay(model, weight_decay=0.05, layer_decay=rate, no_weight_decay_list=no_wd)
 
 
-def measure(label: str, model: nn.Module, rules: Any) -> dict[str, Any]:
+def give_timm_the_same_layers(model: nn.Module) -> None:
+    """A ``group_matcher``, as every timm model carries one, placing ``many_blocks_model``'s names
+    where ``MANY_BLOCKS_RULES`` does: stem 0, block i at i * 24 // blocks + 1, head 25. Without
+    it timm falls back to one layer for the whole model (and logs that layer decay has no
+    effect), which is not the job lwd-rules is timed on."""
+    blocks = len(model.blocks)
+    block = re.compile(r"^blocks\.(\d+)\.")
+
+    def layer(name: str) -> int:
+        if name.startswith("stem."):
+            return 0
+        found = block.match(name)
+        return int(found.group(1)) * 24 // blocks + 1 if found else 25
+
+    model.group_matcher = lambda coarse=False: layer
+
+
+def same_groups(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> bool:
+    """Whether two lists of param groups hold the same tensors, in the same order, at the same lr_scale and weight decay."""
+
+    def by_setting(groups: list[dict[str, Any]]) -> dict[tuple[float, float], list[int]]:
+        return {(round(g["lr_scale"], 12), g["weight_decay"]): [id(p) for p in g["params"]] for g in groups}
+
+    return by_setting(ours) == by_setting(theirs)
+
+
+def measure(label: str, model: nn.Module, rules: Any, *, check_same_groups: bool = False) -> dict[str, Any]:
+    """One row of the resolve() table; ``check_same_groups``: fail unless timm's groups equal ours, so both did one job."""
     plan = resolve(model, rules)
+    rate = rules.config.layer_decay.rate
+    if check_same_groups and not same_groups(plan.param_groups, timm_groups(model, rate)):
+        raise SystemExit(f"{label}: timm's param groups differ from lwd-rules', the timings would compare different jobs")
     floor = best_of(lambda: list(model.named_parameters()))
     ours = best_of(lambda: resolve(model, rules))
-    anchor = best_of(lambda: timm_groups(model))
+    anchor = best_of(lambda: timm_groups(model, rate))
     memory = peak_bytes(lambda: resolve(model, rules)) / peak_bytes(lambda: list(model.named_parameters()))
     scales = {g["lr_scale"] for g in plan.param_groups}
     return {
@@ -175,7 +206,8 @@ def main() -> int:
         print(rows[-1], file=sys.stderr)
     with torch.device("meta"):
         synthetic = many_blocks_model((args.synthetic - 4) // 4)
-    rows.append(measure(f"synthetic ({args.synthetic:,} tensors)", synthetic, load_rules(MANY_BLOCKS_RULES)))
+    give_timm_the_same_layers(synthetic)
+    rows.append(measure(f"synthetic ({args.synthetic:,} tensors)", synthetic, load_rules(MANY_BLOCKS_RULES), check_same_groups=True))
     print(rows[-1], file=sys.stderr)
     del synthetic
     scaling = optimizer_scaling(sorted({10_000, 50_000, args.synthetic}))
@@ -190,7 +222,9 @@ def main() -> int:
         "",
         "## resolve()",
         "",
-        "floor = `list(model.named_parameters())`; timm = `param_groups_layer_decay`; memory = tracemalloc peak of resolve ÷ that of the floor's list.",
+        "floor = `list(model.named_parameters())`; timm = `param_groups_layer_decay` at the rule set's rate (on the synthetic model "
+        "through a `group_matcher` placing each name where the rules do; the bench checks that timm's groups then equal lwd-rules'); "
+        "memory = tracemalloc peak of resolve ÷ that of the floor's list.",
         "",
         "| model | rules | tensors | floor ms | lwd-rules ms | timm ms | lwd-rules ÷ floor | timm ÷ floor | timm ÷ lwd-rules | groups | distinct scales | memory ÷ floor |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

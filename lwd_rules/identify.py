@@ -458,8 +458,10 @@ class LayerIdentifier:
         """``for_module`` of each child of the module at canonical ``prefix`` (aligned with
         ``children``), without a search per child, when the rule that places them ends in
         ``(\\d+)\\.`` (``ends_in_component``) and each rule before it reads only ``prefix`` or
-        needs more dots than a child has. None for a child left to ``for_module`` (a name that is
-        not decimal, a slot that holds nothing); None in all when the rules do not allow it."""
+        needs more dots than a child has. None for a child left to ``for_module`` (an empty slot,
+        a name that is not decimal); None in all when the rules do not allow it. A child holding
+        nothing gets its state too, unopened: the walk finds nothing there, and only a child that
+        holds something marks the rule used, as ``for_module`` would."""
         dot = prefix + "."
         depth = dot.count(".") + 1  # the dots of a child's probe
         final = True
@@ -490,7 +492,7 @@ class LayerIdentifier:
         out: list[ModuleState | None] = []
         layer_id = None
         for name, child in children.items():
-            if child is None or not name.isdecimal() or not (child._modules or _has_parameters(child._parameters)):
+            if child is None or not name.isdecimal():
                 out.append(None)
                 continue
             if component is not None or layer_id is None:
@@ -506,8 +508,8 @@ class LayerIdentifier:
             if state is None:
                 state = states[layer_id] = ((layer_id, index), final)
             out.append(state)
-        if states:
-            self.used[index] = True
+        if any(state is not None and (child._modules or _has_parameters(child._parameters)) for state, child in zip(out, children.values())):
+            self.used[index] = True  # as for_module would mark it: by a child that holds something
         return out
 
     def _by_name(self, pending: list[int], won: tuple[int, tuple[str | None, ...]] | None) -> Callable[[str], Answer | None]:

@@ -611,13 +611,21 @@ def test_a_list_of_blocks_is_placed_with_one_search_as_each_block_would_be():
             {"match": r"^stages\.(?P<s>\d+)\.blocks\.(?P<b>\d+)\.", "layer": "s * 4 + b + 1"},
         ]
     )
-    # "x" is no number, "12" holds no parameter: both left to for_module; "07" and "٣" are decimal.
+    # "x" is no number: left to for_module; "07" and "٣" are decimal; "12" holds no parameter,
+    # which the walk finds when it gets there.
     children = _blocks(["0", "1", "x", "07", "٣", "12"], empty={"12"})._modules
     states = identifier.for_children("stages.1.blocks", children)
     not_final = False  # the mlp rule may still match below each block
-    assert states == [((5, 2), not_final), ((6, 2), not_final), None, ((12, 2), not_final), ((8, 2), not_final), None]
-    assert [identifier.for_module(f"stages.1.blocks.{name}") for name in ["0", "1", "07", "٣"]] == [s for s in states if s is not None]
+    assert states == [((5, 2), not_final), ((6, 2), not_final), None, ((12, 2), not_final), ((8, 2), not_final), ((17, 2), not_final)]
+    assert [identifier.for_module(f"stages.1.blocks.{name}") for name in ["0", "1", "07", "٣", "12"]] == [s for s in states if s is not None]
     assert identifier.used == [False, False, True]
+
+
+def test_a_list_of_blocks_that_hold_nothing_leaves_its_rule_unused():
+    identifier = _identifier([{"match": r"^blocks\.(?P<i>\d+)\.", "layer": "i + 1"}])
+    states = identifier.for_children("blocks", _blocks(["0", "1"], empty={"0", "1"})._modules)
+    assert states == [((1, 0), True), ((2, 0), True)]
+    assert identifier.used == [False]  # as for_module: a leaf with only empty slots is not asked
 
 
 def test_a_constant_rule_places_every_block_alike_and_a_rule_before_it_can_place_the_whole_list():
