@@ -602,7 +602,7 @@ class _Walk:
         self.frozen: list[str] = []
         self._frozen_answers: set[Answer] = set()
         self._frozen_by_name: list[tuple[Callable[[str], Answer | None], str]] = []  # evaluated only if N is needed
-        self._frozen_ids: list[int] = []  # the frozen tensors an optimistic walk listed, for verified()
+        self._met: list[int] = []  # the id of each tensor an optimistic walk grouped or listed, for verified()
         self.unmatched: list[tuple[str, str]] = []
         self.override_frozen: list[tuple[str, int]] = []  # (name, layer id)
         self.exclusion_used = [False] * len(self.exclusions)
@@ -624,7 +624,8 @@ class _Walk:
         ``optimistic``, when ``verified()`` would not hold.
 
         ``optimistic`` leaves out what almost no model needs: the per-parameter check for tied
-        parameters (``verified()`` looks for them afterwards, in one C loop) and, below a module
+        parameters (the walk only notes each tensor's id, while the tensor is in the cache;
+        ``verified()`` looks for repeats afterwards, in one C loop) and, below a module
         whose answer holds for its whole subtree, the module names: such modules carry only the
         stub their weight decay is cached by (``_stub``), made from their own name. A frozen
         parameter there, having no name to be listed under, gives up the walk.
@@ -637,6 +638,7 @@ class _Walk:
         blanks = self.components if tail == 1 else None
         blank_ends = tuple(f".{name}" for name in blanks or ())
         seen, seen_add = self._seen, self._seen.add
+        met = self._met.append
         wd_cache, key_index, keys, members = self._wd_cache, self._key_index, self.keys, self.members
         no_wd_leaves = self._no_wd_leaves
         stubs_only = optimistic and tail <= 1  # subtrees with one answer may drop their names, unless they hold
@@ -700,12 +702,12 @@ class _Walk:
                     if param is None:
                         continue
                     if optimistic:
-                        if not param.requires_grad:  # read here, while the tensor is in the cache
+                        met(id(param))  # while the tensor is in the cache; verified() looks for repeats
+                        if not param.requires_grad:  # read here too
                             if prefix is None:  # no name to list it under: walk again with every check
                                 return False
                             self.frozen.append(join_name(prefix, leaf))
                             self._frozen_answers.add(answer)
-                            self._frozen_ids.append(id(param))
                             continue
                     else:
                         pid = id(param)
@@ -773,9 +775,8 @@ class _Walk:
         once, and none was left unmatched (a tied one might hide behind it)."""
         if self.unmatched:
             return False
-        met = set(map(id, itertools.chain.from_iterable(self.members)))
-        met.update(self._frozen_ids)
-        return len(met) == sum(map(len, self.members)) + len(self._frozen_ids)
+        met = set(self._met)  # and the tensors _params() grouped, which it keeps in self._seen
+        return len(met) == len(self._met) and met.isdisjoint(self._seen)
 
     def _child_prefix(self, cprefix: str, cdot: str, name: str, inherited: ModuleState | None, leads: tuple[str, ...]) -> tuple[str, ModuleState | None]:
         """A child's canonical prefix, and the state it inherits (none once a leading prefix is cut)."""
@@ -847,8 +848,9 @@ class _Walk:
         return self._frozen_answers | {found for found in by_name if found is not None}
 
     def done(self) -> None:
-        """Drop what only the walk needed (the set of every parameter's id)."""
+        """Drop what only the walk needed (every parameter's id)."""
         self._seen = set()
+        self._met = []
         self._wd_cache.clear()
 
     def _key(self, found: Answer, wd: float, mult: float) -> int:

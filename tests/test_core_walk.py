@@ -753,3 +753,20 @@ def test_counts_over_lists_of_blocks_equal_counts_over_every_module(data):
     rules = {**COUNTED, "layers": {**COUNTED["layers"], "count": {f"c{i}": pattern for i, pattern in enumerate(chosen)}, "num_layers": 4}}
     counts = load_rules(rules, registry=new_registry()).counts
     assert count_variables(counts, model, ()) == count_variables(counts, model, (), exact=True)
+
+
+def test_a_tensor_tied_across_a_block_and_a_module_placed_by_name_gives_way():
+    """Tied between a module the optimistic walk groups on its fast path and one whose rule reads
+    each parameter's name (grouped by _params): met twice, so the checked walk runs and groups it
+    once, under its first name."""
+    rules = {
+        "layers": {"num_layers": 2, "rules": [{"match": r"^blocks\.(?P<i>\d+)\.", "layer": "i + 1"}, {"match": r"weight$", "layer": 2}], "default": 3},
+        "weight_decay": {"value": 0.1, "exclude": [{"pattern": "ndim<=1", "allow_unused": True}]},
+    }
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Linear(2, 2, bias=False)])
+    model.head = nn.Linear(2, 2, bias=False)
+    model.head.weight = model.blocks[0].weight
+    held, _ = _walked(model, rules, optimistic=True)
+    assert not held
+    assert run(model, rules) == {"blocks.0.weight": (1, 1.0, 0.1)}
