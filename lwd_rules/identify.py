@@ -387,6 +387,13 @@ Resolution = Union[Answer, None, Callable[[str], Union[Answer, None]]]
 # (resolution, final): final when every module below gets the same resolution.
 ModuleState = tuple[Resolution, bool]
 
+
+class Placed(tuple):  # type: ignore[type-arg]
+    """A ``ModuleState`` from ``LayerIdentifier.for_children``: its rule counts as used once the
+    walk takes the block, where it would otherwise have asked ``for_module``."""
+
+    __slots__ = ()
+
 _CACHE_LIMIT = 65_536  # distinct (rule, groups) layer ids kept; beyond it the cache starts again
 
 
@@ -454,14 +461,17 @@ class LayerIdentifier:
             return self._after_rules, False
         return self._default, final
 
-    def for_children(self, prefix: str, children: Mapping[str, Any]) -> list[ModuleState | None] | None:
-        """``for_module`` of each child of the module at canonical ``prefix`` (aligned with
-        ``children``), without a search per child, when the rule that places them ends in
-        ``(\\d+)\\.`` (``ends_in_component``) and each rule before it reads only ``prefix`` or
-        needs more dots than a child has. None for a child left to ``for_module`` (an empty slot,
-        a name that is not decimal); None in all when the rules do not allow it. A child holding
-        nothing gets its state too, unopened: the walk finds nothing there, and only a child that
-        holds something marks the rule used, as ``for_module`` would."""
+    def for_children(self, prefix: str, children: Mapping[str, Any]) -> dict[str, ModuleState] | None:
+        """``for_module`` of the children of the module at canonical ``prefix``, by name, with no
+        search per child, when the rule placing them ends in ``(\\d+)\\.``
+        (``ends_in_component``) and each rule before it reads only ``prefix`` or needs more dots
+        than a child has: one search decides for every decimal name, and a block's number is its
+        name. None when the rules do not allow it.
+
+        The states are ``Placed``: the rule is not marked used here but by the walk, when it takes
+        the block (it skips a shared block or one holding nothing, as it would skip
+        ``for_module``). A block whose formula fails is left out, so ``for_module`` reports it
+        if, and when, the walk gets there; so is a name that is not decimal."""
         dot = prefix + "."
         depth = dot.count(".") + 1  # the dots of a child's probe
         final = True
@@ -478,39 +488,37 @@ class LayerIdentifier:
                     return self._place_children(index, found.groups()[:-1], dot, final, children)
         return None
 
-    def _place_children(self, index: int, head: tuple[str | None, ...], dot: str, final: bool, children: Mapping[str, Any]) -> list[ModuleState | None]:
+    def _place_children(self, index: int, head: tuple[str | None, ...], dot: str, final: bool, children: Mapping[str, Any]) -> dict[str, ModuleState]:
         """The states ``for_children`` gives when rule ``index`` matches every decimal child with
-        the groups ``head`` before the last: one state per distinct layer id, shared by its blocks."""
+        the groups ``head`` before the last: one per distinct layer id, shared by its blocks (the
+        walk then keeps one bucket for them)."""
         env, formula, named = self._envs[index], self._formulas[index], self._named[index]
         last = len(head)
         component = next((name for name, position in named if position == last), None)
         for name, position in named:
             if position != last:
-                text = head[position]
-                env[name] = int(text) if text is not None and text.isdecimal() else _as_int(text)
-        states: dict[int, ModuleState] = {}
-        out: list[ModuleState | None] = []
-        layer_id = None
+                env[name] = _as_int(head[position])  # as _layer_id sets them
+        shared: dict[int, ModuleState] = {}
+        states: dict[str, ModuleState] = {}
         for name, child in children.items():
             if child is None or not name.isdecimal():
-                out.append(None)
                 continue
-            if component is not None or layer_id is None:
-                if component is not None:
-                    env[component] = int(name)
+            if component is not None:
+                env[component] = int(name)
+            try:
+                layer_id = formula(env)
+            except FormulaError:
+                layer_id = None
+            if layer_id.__class__ is not int:  # checked as for_module checks it
                 try:
-                    layer_id = formula(env)
-                except FormulaError:
-                    layer_id = None
-                if layer_id.__class__ is not int:  # checked and reported as for one module
                     layer_id = self._layer_id(index, (*head, name), dot + name + ".")
-            state = states.get(layer_id)
+                except RuleError:
+                    continue
+            state = shared.get(layer_id)
             if state is None:
-                state = states[layer_id] = ((layer_id, index), final)
-            out.append(state)
-        if any(state is not None and (child._modules or _has_parameters(child._parameters)) for state, child in zip(out, children.values())):
-            self.used[index] = True  # as for_module would mark it: by a child that holds something
-        return out
+                state = shared[layer_id] = Placed(((layer_id, index), final))
+            states[name] = state
+        return states
 
     def _by_name(self, pending: list[int], won: tuple[int, tuple[str | None, ...]] | None) -> Callable[[str], Answer | None]:
         """The answer for a module whose name-reading rules come before the prefix rule that won (if any)."""

@@ -6,7 +6,6 @@ import dataclasses
 import fnmatch
 import functools
 import inspect
-import itertools
 import re
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -23,6 +22,7 @@ from lwd_rules.identify import (
     LayerIdentifier,
     ModuleEntry,
     ModuleState,
+    Placed,
     Resolution,
     canonical_name,
     canonicalizer,
@@ -631,7 +631,7 @@ class _Walk:
         parameter there, having no name to be listed under, gives up the walk.
         """
         strip, leads, renamers = strip_parts(self.strip_components)  # leads: e.g. PEFT's base_model.model
-        for_module, for_children = self.identifier.for_module, self.identifier.for_children
+        for_module, for_children, rules_used = self.identifier.for_module, self.identifier.for_children, self.identifier.used
         fast = self.cacheable and self.claim is None
         optimistic = optimistic and fast
         tail, stub_of = self.tail, self._stub
@@ -649,8 +649,8 @@ class _Walk:
         seen_modules: set[int] = set()  # containers (a leaf met twice is caught by its parameters)
         bucket_answer: Answer | None = None
         bucket: dict[float, list[Any]] = {}  # weight decay -> members, for bucket_answer
-        # (module, prefix, canonical prefix, state); below a module whose answer holds for its
-        # subtree, when stubs_only: (module, None, stub, answer)
+        # (module, prefix, canonical prefix, state inherited or Placed with its list, or None);
+        # below a module whose answer holds for its subtree, when stubs_only: (module, None, stub, answer)
         stack: list[tuple[Any, str | None, str, Any]] = [(model, "", "", None)]
         pop, push = stack.pop, stack.append
         while stack:
@@ -670,7 +670,7 @@ class _Walk:
             if prefix is None:  # in a subtree with one answer: cprefix is the stub
                 answer, stub, module_no_wd, by_stub = state, cprefix, (), True
             else:
-                if state is None:
+                if state is None or state.__class__ is Placed:  # to be asked of the rules, or placed with its list
                     if not children:  # a leaf with nothing new (empty, or met before): no rule may count it as used
                         if not params:
                             continue
@@ -678,7 +678,10 @@ class _Walk:
                         if (first is None or id(first) in seen) and all(p is None or id(p) in seen for p in params.values()):
                             self.shared = self.shared or any(p is not None for p in params.values())  # a leaf with two places
                             continue
-                    state = for_module(cprefix)
+                    if state is None:
+                        state = for_module(cprefix)
+                    else:
+                        rules_used[state[0][1]] = True
                 answer = state[0]
                 by_stub = stubs_only and state[1] and answer is not None and cprefix and cprefix not in named_below
                 if params:
@@ -758,12 +761,12 @@ class _Walk:
             inherited = state if state[1] else None
             dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
             if dot == cdot and renamers.isdisjoint(children):  # nothing renamed: share the strings
-                # a list of blocks: placed together, one search for all (LayerIdentifier.for_children)
-                states = for_children(cprefix, children) if optimistic and inherited is None and cprefix and len(children) > 2 else None
-                for (name, child), child_state in zip(reversed(children.items()), reversed(states) if states else itertools.repeat(inherited)):
+                # a list of blocks: one search places them all (LayerIdentifier.for_children)
+                placed = for_children(cprefix, children) if optimistic and inherited is None and cprefix and len(children) > 2 else None
+                for name, child in reversed(children.items()):
                     if child is not None and (child._parameters or child._modules or type(child) not in checked):
                         child_prefix = dot + name
-                        push((child, child_prefix, child_prefix, child_state))
+                        push((child, child_prefix, child_prefix, placed.get(name) if placed else inherited))
             else:
                 for name, child in reversed(children.items()):
                     if child is not None and (child._parameters or child._modules or type(child) not in checked):

@@ -60,9 +60,9 @@ def test_work_is_linear_in_modules_and_groups_are_bounded(monkeypatch, blocks):
     # Rules are searched per module above the blocks, once for the whole list of blocks (their
     # rule ends in (\d+)\., so the block's number is its name), never per block or per parameter.
     assert calls["for_module"] == 4  # the root, stem, blocks container and head
-    assert calls["for_children"] == calls["_place_children"] == 1  # the blocks, placed together
+    assert calls["for_children"] == calls["_place_children"] == 1  # one search for the whole list of blocks
     assert calls.get("identify", 0) == 0  # no parameter needed its full name matched
-    # A layer id through the cache only for the stem: the blocks' formula runs once per block in
+    # A layer id through the cache only for the stem: each block's formula runs once, in
     # _place_children; Formula.__call__ only for the default and num_layers.
     assert calls["_layer_id"] == 1
     assert calls["__call__"] <= 2
