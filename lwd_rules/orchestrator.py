@@ -364,7 +364,11 @@ class _Resolver:
                 env["num_layers"] = self._num_layers(env)
             identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
             walk = _Walk(self, identifier)
-            if not walk.run(self.model, optimistic=True):  # something tied, frozen or unmatched: walk with every check
+            try:
+                held = walk.run(self.model, optimistic=True)
+            except RuleError:  # perhaps at a leaf met again, which the checked walk skips: it decides
+                held = False
+            if not held:  # something tied, frozen or unmatched: walk with every check
                 identifier = LayerIdentifier(rules.rules, rules.default, env, plugin_ids)
                 walk = _Walk(self, identifier)
                 if not walk.run(self.model):  # a class with its own named_modules: walk that instead

@@ -855,3 +855,14 @@ def test_a_tensor_tied_across_a_block_and_a_module_placed_by_name_gives_way():
     held, _ = _walked(model, rules, optimistic=True)
     assert not held
     assert run(model, rules) == {"blocks.0.weight": (1, 1.0, 0.1)}
+
+
+def test_a_leaf_met_again_where_the_formula_fails_is_not_evaluated():
+    """blocks.3 is blocks.0: named_parameters() never names blocks.3, so its formula (which fails
+    there) is not evaluated; the optimistic walk, which does not track tensors, meets it and gives
+    way to the checked walk instead of reporting the error."""
+    rules = {"layers": {"rules": [{"match": r"^blocks\.(?P<i>\d+)\.", "layer": "10 // (i - 3) * 0 + i + 1"}], "default": 0}}
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Linear(2, 2, bias=False) for _ in range(4)])
+    model.blocks[3] = model.blocks[0]
+    assert {row.name: row.layer_id for row in _resolved(model, rules).params} == {"blocks.0.weight": 1, "blocks.1.weight": 2, "blocks.2.weight": 3}
