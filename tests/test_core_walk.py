@@ -29,8 +29,13 @@ COUNTED = {
 }
 
 
+def resolved(model: nn.Module, rules: dict, **kwargs):
+    """The plan for ``model`` and the rules ``rules``, with no plugin installed."""
+    return resolve(model, load_rules(rules, registry=new_registry()), registry=new_registry(), **kwargs)
+
+
 def run(model: nn.Module, rules: dict, **kwargs) -> dict[str, tuple[int, float, float]]:
-    plan = resolve(model, load_rules(rules, registry=new_registry()), registry=new_registry(), **kwargs)
+    plan = resolved(model, rules, **kwargs)
     return {row.name: (row.layer_id, row.lr_scale, row.weight_decay) for row in plan.params}
 
 
@@ -513,7 +518,7 @@ def test_a_two_level_count_skips_the_highest_blocks_that_hold_nothing():
         "layer_decay": {"rate": 0.5},
         "weight_decay": {"value": 0.1, "exclude": [{"pattern": "ndim<=1", "allow_unused": True}]},
     }
-    plan = resolve(model, load_rules(rules, registry=new_registry()), registry=new_registry())
+    plan = resolved(model, rules)
     assert plan.variables["depths"] == [2, 3]
     assert {row.name: row.layer_id for row in plan.params if row.name.endswith("weight")} == {
         "stages.0.blocks.0.weight": 1,
@@ -529,7 +534,7 @@ def test_a_frozen_tied_parameter_is_skipped_once_under_its_first_name():
     model.enc = nn.Linear(2, 2)
     model.enc.weight = model.stem.weight
     model.stem.weight.requires_grad_(False)
-    plan = resolve(model, load_rules(COUNTED, registry=new_registry()), registry=new_registry(), strict=False)
+    plan = resolved(model, COUNTED, strict=False)
     assert [skipped.name for skipped in plan.skipped] == ["stem.weight"]
     assert sorted(row.name for row in plan.params) == ["enc.bias", "stem.bias"]
 
@@ -556,7 +561,7 @@ def test_a_frozen_tensor_tied_outside_the_blocks_is_listed_once():
     (tied), it gives way, and the checked walk lists it once, under its first name."""
     held, _ = _walked(_frozen_and_tied_outside_blocks(), TAIL_RULES, optimistic=True)
     assert not held
-    plan = resolve(_frozen_and_tied_outside_blocks(), load_rules(TAIL_RULES, registry=new_registry()), registry=new_registry())
+    plan = resolved(_frozen_and_tied_outside_blocks(), TAIL_RULES)
     assert [skipped.name for skipped in plan.skipped] == ["head.weight"]
     every = {name for name, _ in _wrapped_model().named_parameters()}
     assert {row.name for row in plan.params} == every | {"head.bias", "tail.bias"}
@@ -648,10 +653,6 @@ def test_a_block_whose_formula_fails_is_left_to_for_module():
         identifier.for_module("blocks.1")  # what the walk asks when it gets to blocks.1
 
 
-def _resolved(model: nn.Module, rules: dict):
-    return resolve(model, load_rules(rules, registry=new_registry()), registry=new_registry())
-
-
 def test_a_block_the_walk_skips_is_not_evaluated():
     """Blocks holding nothing get no layer id: a formula that fails there (here: no depths entry
     for a last stage without parameters, and a division by zero) is never evaluated."""
@@ -674,7 +675,7 @@ def test_a_block_the_walk_skips_is_not_evaluated():
 
     model = nn.Module()
     model.stages = nn.ModuleList([stage(2), stage(1), stage(2), nn.Identity(), nn.LayerNorm(2, elementwise_affine=False)])
-    ids = {row.name: row.layer_id for row in _resolved(model, rules).params}
+    ids = {row.name: row.layer_id for row in resolved(model, rules).params}
     # down: sum(depths[:s]) + depths[s] + 10 // (3 - s) = 2 + 3, 3 + 5, 5 + 10
     assert ids == {
         "stages.0.blocks.0.weight": 1, "stages.0.blocks.1.weight": 2, "stages.0.down.weight": 5,
@@ -693,7 +694,7 @@ def test_blocks_met_again_under_a_second_list_leave_its_rule_unused():
     model.enc = nn.ModuleList([nn.Sequential(nn.Linear(2, 2)) for _ in range(3)])
     model.blocks = nn.ModuleList(list(model.enc))
     with pytest.raises(RuleError, match=r"layers\.rules\[1\]\.match: .* matches no parameter"):
-        _resolved(model, rules)
+        resolved(model, rules)
 
 
 def test_the_first_failing_formula_in_model_order_is_the_one_reported():
@@ -711,7 +712,7 @@ def test_the_first_failing_formula_in_model_order_is_the_one_reported():
     for block in model.blocks:
         block.sub = nn.Linear(2, 2)
     with pytest.raises(RuleError, match=r"for 'blocks\.0\.sub\.'"):
-        _resolved(model, rules)
+        resolved(model, rules)
 
 
 def test_counts_over_a_list_with_names_that_are_not_numbers():
@@ -865,4 +866,4 @@ def test_a_leaf_met_again_where_the_formula_fails_is_not_evaluated():
     model = nn.Module()
     model.blocks = nn.ModuleList([nn.Linear(2, 2, bias=False) for _ in range(4)])
     model.blocks[3] = model.blocks[0]
-    assert {row.name: row.layer_id for row in _resolved(model, rules).params} == {"blocks.0.weight": 1, "blocks.1.weight": 2, "blocks.2.weight": 3}
+    assert {row.name: row.layer_id for row in resolved(model, rules).params} == {"blocks.0.weight": 1, "blocks.1.weight": 2, "blocks.2.weight": 3}
