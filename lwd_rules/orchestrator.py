@@ -8,6 +8,7 @@ import functools
 import inspect
 import re
 import warnings
+from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -606,7 +607,7 @@ class _Walk:
         self.frozen: list[str] = []
         self._frozen_answers: set[Answer] = set()
         self._frozen_by_name: list[tuple[Callable[[str], Answer | None], str]] = []  # evaluated only if N is needed
-        self._met: list[int] = []  # the id of each tensor an optimistic walk grouped or listed, for verified()
+        self._met = array("Q")  # the id of each container and tensor an optimistic walk met, for verified()
         self.unmatched: list[tuple[str, str]] = []
         self.override_frozen: list[tuple[str, int]] = []  # (name, layer id)
         self.exclusion_used = [False] * len(self.exclusions)
@@ -628,8 +629,9 @@ class _Walk:
         ``optimistic``, when ``verified()`` would not hold.
 
         ``optimistic`` leaves out what almost no model needs: the per-parameter check for tied
-        parameters (the walk only notes each tensor's id, while the tensor is in the cache;
-        ``verified()`` looks for repeats afterwards, in one C loop) and, below a module
+        parameters and the per-container check for shared ones (the walk only notes each id,
+        while the object is in the cache; ``verified()`` looks for repeats afterwards, in one C
+        loop, and now and then on the way, as a cycle would never end) and, below a module
         whose answer holds for its whole subtree, the module names: such modules carry only the
         stub their weight decay is cached by (``_stub``), made from their own name. A frozen
         parameter there, having no name to be listed under, gives up the walk.
@@ -642,7 +644,8 @@ class _Walk:
         blanks = self.components if tail == 1 else None
         blank_ends = tuple(f".{name}" for name in blanks or ())
         seen, seen_add = self._seen, self._seen.add
-        met = self._met.append
+        met_ids = self._met
+        met = met_ids.append
         wd_cache, key_index, keys, members = self._wd_cache, self._key_index, self.keys, self.members
         no_wd_leaves = self._no_wd_leaves
         stubs_only = optimistic and tail <= 1  # subtrees with one answer may drop their names, unless they hold
@@ -650,7 +653,8 @@ class _Walk:
             name.rsplit(".", cut)[0] for name in [*no_wd_leaves, *leads] for cut in range(name.count(".") + 1)
         }
         checked: set[type] = set()  # module classes known to walk like nn.Module
-        seen_modules: set[int] = set()  # containers (a leaf met twice is caught by its parameters)
+        seen_modules: set[int] = set()  # containers, for the checked walk
+        cycle_check = 1 << 16  # ids noted before the optimistic walk next looks for repeats (a cycle never ends)
         bucket_answer: Answer | None = None
         bucket: dict[float, list[Any]] = {}  # weight decay -> members, for bucket_answer
         # (module, prefix, canonical prefix, state inherited or Placed with its list, or None);
@@ -660,11 +664,18 @@ class _Walk:
         while stack:
             module, prefix, cprefix, state = pop()
             children = module._modules
-            if children:  # a container met twice (shared, or a cycle) is walked once; a leaf met
-                if id(module) in seen_modules:  # twice adds nothing, its parameters being seen already
+            if children:  # a container met twice (shared, or a cycle) is walked once, or, by an
+                if optimistic:  # optimistic walk, makes it give up; a leaf met twice is caught by its parameters
+                    met(id(module))  # verified() looks for repeats, now and then while the walk is long
+                    if len(met_ids) > cycle_check:
+                        if not self.verified():
+                            return False
+                        cycle_check *= 2
+                elif id(module) in seen_modules:
                     self.shared = True
                     continue
-                seen_modules.add(id(module))
+                else:
+                    seen_modules.add(id(module))
             kind = type(module)
             if kind not in checked:
                 if not walks_like_module(kind):
@@ -778,12 +789,18 @@ class _Walk:
         return not optimistic or self.verified()
 
     def verified(self) -> bool:
-        """What an optimistic walk assumed: each parameter it grouped or listed as frozen was met
-        once, and none was left unmatched (a tied one might hide behind it)."""
+        """What an optimistic walk assumed: each container and each parameter it grouped or listed
+        as frozen was met once, and none was left unmatched (a tied one might hide behind it).
+
+        The ids, with those of the tensors ``_params()`` saw (it keeps them in ``self._seen``),
+        are counted by ``torch.unique`` as one int64 tensor: a Python set of 100k ids costs ten
+        times as much, its table being larger than the cache."""
         if self.unmatched:
             return False
-        met = set(self._met)  # and the tensors _params() grouped, which it keeps in self._seen
-        return len(met) == len(self._met) and met.isdisjoint(self._seen)
+        import torch
+
+        met = self._met + array("Q", self._seen)
+        return len(met) < 2 or len(torch.unique(torch.frombuffer(met, dtype=torch.int64))) == len(met)
 
     def _child_prefix(self, cprefix: str, cdot: str, name: str, inherited: ModuleState | None, leads: tuple[str, ...]) -> tuple[str, ModuleState | None]:
         """A child's canonical prefix, and the state it inherits (none once a leading prefix is cut)."""
@@ -855,9 +872,9 @@ class _Walk:
         return self._frozen_answers | {found for found in by_name if found is not None}
 
     def done(self) -> None:
-        """Drop what only the walk needed (every parameter's id)."""
+        """Drop what only the walk needed (every parameter's and container's id)."""
         self._seen = set()
-        self._met = []
+        self._met = array("Q")
         self._wd_cache.clear()
 
     def _key(self, found: Answer, wd: float, mult: float) -> int:

@@ -480,12 +480,33 @@ def _leaf_shared_by_two_blocks() -> nn.Module:
     return model
 
 
+def _container_shared_by_two_blocks() -> nn.Module:
+    model = _wrapped_model()
+    model.blocks[2].module = model.blocks[0].module
+    return model
+
+
+def _empty_container_shared_by_two_blocks() -> nn.Module:
+    model = _wrapped_model()
+    model.blocks[0].act = model.blocks[2].act = nn.Sequential(nn.ReLU())
+    return model
+
+
+def _cycle() -> nn.Module:
+    model = _wrapped_model()
+    model.blocks[1].again = model.blocks  # blocks.1.again.1.again...: the walk must still end
+    return model
+
+
 @pytest.mark.parametrize(
     ("build", "left_out"),
     [
         (_tied_inside_a_block, {"blocks.2.grn.weight"}),  # grouped once, under its first name
         (_frozen_inside_a_block, {"blocks.1.module.0.bias"}),
         (_leaf_shared_by_two_blocks, {"blocks.2.grn.weight", "blocks.2.grn.bias"}),  # named_modules() lists it once
+        (_container_shared_by_two_blocks, {"blocks.2.module.0.weight", "blocks.2.module.0.bias", "blocks.2.module.1.weight", "blocks.2.module.1.bias"}),
+        (_empty_container_shared_by_two_blocks, set()),
+        (_cycle, set()),
     ],
 )
 def test_the_optimistic_walk_gives_way_to_the_checked_one_when_its_assumptions_fail(build, left_out):
@@ -785,7 +806,8 @@ def _draw_prefix_rules(data, model: nn.Module) -> list[dict]:
 def test_lists_of_blocks_are_placed_as_one_module_at_a_time_would_be(data):
     """The optimistic walk places lists of blocks together (for_children); the checked walk asks
     for_module of each block: same keys, tensors, flags and used rules, or the same error, on
-    random lists, some of whose blocks are met again in a second list."""
+    random lists, some of whose blocks are met again in a second list (where the optimistic walk
+    may give up instead, leaving the plan to the checked walk)."""
     from lwd_rules.errors import RuleError
 
     model = nn.Module()
@@ -808,11 +830,13 @@ def test_lists_of_blocks_are_placed_as_one_module_at_a_time_would_be(data):
             return str(error)
 
     fast, checked = outcome(True), outcome(False)
+    gave_up = isinstance(fast, tuple) and not fast[0]
+    met_again = "again" in model._modules and len(model.again) > 0  # containers met twice: the optimistic walk gives up
     if isinstance(checked, tuple):
         assert checked[0]
-        assert fast == checked
+        assert fast == checked or (gave_up and met_again)
     else:  # the optimistic walk may give up before it gets to the error; never another error
-        assert fast == checked or (isinstance(fast, tuple) and not fast[0])
+        assert fast == checked or gave_up
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
