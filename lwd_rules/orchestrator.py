@@ -763,13 +763,11 @@ class _Walk:
             # about half of a timm model's modules) add nothing, so they are not visited once
             # their class is known to list nothing else (see walks_like_module).
             if by_stub:
-                if prefix is not None:
-                    stub = "x." if not tail else stub_of(cprefix)
                 for name, child in reversed(children.items()):
                     if child is not None and (child._parameters or child._modules or type(child) not in checked):
-                        if name in strip:  # a wrapper component: the child keeps this module's name
+                        if name in strip:  # a wrapper component: the child keeps this module's name (or stub)
                             self.renamed = True
-                            push((child, None, stub, answer))
+                            push((child, None, cprefix if prefix is None else stub_of(cprefix), answer))
                         else:
                             push((child, None, "x." if not tail else "x.." if blanks is not None and name not in blanks else f"x.{name}.", answer))
                 continue
