@@ -740,7 +740,7 @@ class _Walk:
                     if leaf in module_no_wd:
                         wd = 0.0
                     else:
-                        wd_key = (stub, leaf, param.dim(), kind)
+                        wd_key = (stub, leaf, param.ndim, kind)
                         wd = wd_cache.get(wd_key)  # type: ignore[assignment]
                         if wd is None:
                             wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], class_names(kind), mark_all=True)
