@@ -607,7 +607,7 @@ class _Walk:
         self.frozen: list[str] = []
         self._frozen_answers: set[Answer] = set()
         self._frozen_by_name: list[tuple[Callable[[str], Answer | None], str]] = []  # evaluated only if N is needed
-        self._met = array("Q")  # the id of each container and tensor an optimistic walk met, for verified()
+        self._met: list[int] | array[int] = []  # the id of each container and tensor an optimistic walk met, for verified()
         self.unmatched: list[tuple[str, str]] = []
         self.override_frozen: list[tuple[str, int]] = []  # (name, layer id)
         self.exclusion_used = [False] * len(self.exclusions)
@@ -671,6 +671,9 @@ class _Walk:
                         if not self.verified():
                             return False
                         cycle_check *= 2
+                        if met_ids.__class__ is list:  # a large model: its ids as raw numbers from now on
+                            met_ids = self._met = array("Q", met_ids)
+                            met = met_ids.append
                 elif id(module) in seen_modules:
                     self.shared = True
                     continue
@@ -791,14 +794,18 @@ class _Walk:
         as frozen was met once, and none was left unmatched (a tied one might hide behind it).
 
         The ids, with those of the tensors ``_params()`` saw (it keeps them in ``self._seen``),
-        are counted by ``torch.unique`` as one int64 tensor: a Python set of 100k ids costs ten
-        times as much, its table being larger than the cache."""
+        are counted in a set or, past 65,536 (``run`` then keeps them in an array), by
+        ``torch.unique`` as one int64 tensor: a set of 100k ids costs several times as much, its
+        table being larger than the cache."""
         if self.unmatched:
             return False
+        met = self._met
+        if met.__class__ is list:  # fewer than 65,536: a set is quicker than a call into torch
+            return len(self._seen.union(met)) == len(met) + len(self._seen)
         import torch
 
-        met = self._met + array("Q", self._seen)
-        return len(met) < 2 or len(torch.unique(torch.frombuffer(met, dtype=torch.int64))) == len(met)
+        ids = met + array("Q", self._seen)
+        return len(torch.unique(torch.frombuffer(ids, dtype=torch.int64))) == len(ids)
 
     def _child_prefix(self, cprefix: str, cdot: str, name: str, inherited: ModuleState | None, leads: tuple[str, ...]) -> tuple[str, ModuleState | None]:
         """A child's canonical prefix, and the state it inherits (none once a leading prefix is cut)."""
@@ -872,7 +879,7 @@ class _Walk:
     def done(self) -> None:
         """Drop what only the walk needed (every parameter's and container's id)."""
         self._seen = set()
-        self._met = array("Q")
+        self._met = []
         self._wd_cache.clear()
 
     def _key(self, found: Answer, wd: float, mult: float) -> int:
