@@ -257,16 +257,22 @@ def _matching_children(
             found = search(dot + "0.")
             if found is not None:
                 lists.append((found.groups()[:-1], children))
-            pending += [(m.groups(), child) for name in itertools.filterfalse(str.isdecimal, children) if (child := children[name]) is not None and (m := search(f"{dot}{name}.")) is not None]
+            if not _all_decimal(children):
+                pending += [(m.groups(), child) for name in itertools.filterfalse(str.isdecimal, children) if (child := children[name]) is not None and (m := search(f"{dot}{name}.")) is not None]
         else:
             pending += [(m.groups(), child) for name, child in children.items() if child is not None and (m := search(f"{dot}{name}.")) is not None]
     return lists, pending
 
 
+def _all_decimal(names: Mapping[str, Any]) -> bool:
+    """Whether every name is decimal, as a list of blocks' are: one C call rather than one per name."""
+    return "" not in names and "".join(names).isdecimal()
+
+
 def _highest_holding(children: Mapping[str, Any], above: int) -> int:
     """The highest decimal name above ``above`` among ``children`` whose child holds a parameter
     (else ``above``): the highest is nearly always it, found without sorting."""
-    names = list(filter(str.isdecimal, children))
+    names = list(children) if _all_decimal(children) else list(filter(str.isdecimal, children))
     if not names:
         return above
     top = max(names, key=int)

@@ -654,7 +654,7 @@ class _Walk:
         }
         checked: set[type] = set()  # module classes known to walk like nn.Module
         seen_modules: set[int] = set()  # containers, for the checked walk
-        cycle_check = 1 << 16  # ids noted before the optimistic walk next looks for repeats (a cycle never ends)
+        cycle_check = 1 << 16  # ids noted before the optimistic walk next looks for repeats (a cycle never ends): from 2**17
         bucket_answer: Answer | None = None
         bucket: dict[float, list[Any]] = {}  # weight decay -> members, for bucket_answer
         # (module, prefix, canonical prefix, state inherited or Placed with its list, or None);
@@ -668,12 +668,12 @@ class _Walk:
                 if optimistic:  # optimistic walk, makes it give up; a leaf met twice is caught by its parameters
                     met(id(module))  # verified() looks for repeats, now and then while the walk is long
                     if len(met_ids) > cycle_check:
-                        if not self.verified():
-                            return False
-                        cycle_check *= 2
                         if met_ids.__class__ is list:  # a large model: its ids as raw numbers from now on
                             met_ids = self._met = array("Q", met_ids)
                             met = met_ids.append
+                        elif not self.verified():
+                            return False
+                        cycle_check *= 2
                 elif id(module) in seen_modules:
                     self.shared = True
                     continue
@@ -776,7 +776,7 @@ class _Walk:
                 continue
             inherited = state if state[1] else None
             dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
-            if dot == cdot and renamers.isdisjoint(children):  # nothing renamed: share the strings
+            if dot == cdot and children.keys().isdisjoint(renamers):  # nothing renamed: share the strings (a keys view looks up the few renamers, not every child)
                 # a list of blocks: one search places them all (LayerIdentifier.for_children)
                 placed = for_children(cprefix, children) if optimistic and inherited is None and cprefix and len(children) > 2 else None
                 for name, child in reversed(children.items()):
