@@ -324,7 +324,7 @@ def _parameter_prefixes(model: Any, strip: Collection[str], depth: int, candidat
             found.add(cprefix)
         dot = cprefix + "." if cprefix else ""
         children = module._modules
-        if level + 1 >= depth and strip.isdisjoint(children) and not (leads and (not cprefix or cprefix in lead_heads or dot.startswith(leads))):
+        if level + 1 >= depth and children.keys().isdisjoint(strip) and not (leads and (not cprefix or cprefix in lead_heads or dot.startswith(leads))):
             # each child is cut, and none can begin a leading prefix: a candidate
             # Not marked seen: a module met twice makes the walk count again over every module.
             candidates.append((dot, children))
@@ -635,7 +635,7 @@ def collect_modules(model: Any, strip: Collection[str]) -> list[ModuleEntry]:
         children = module._modules
         if children:
             dot, cdot = (prefix + "." if prefix else ""), (cprefix + "." if cprefix else "")
-            if dot == cdot and strip.isdisjoint(children):  # nothing renamed: share the strings
+            if dot == cdot and children.keys().isdisjoint(strip):  # nothing renamed: share the strings
                 stack += [(child_prefix := dot + name, child_prefix, child, index) for name, child in reversed(children.items()) if child is not None]
             else:
                 stack += [
