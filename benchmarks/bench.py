@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +35,36 @@ from lwd_rules.testing import MANY_BLOCKS_RULES, many_blocks_model
 
 HERE = Path(__file__).parent
 
-def best_of(fn: Callable[[], Any], *, budget: float = 1.0, least: int = 5, most: int = 300) -> float:
-    """Fastest of repeated runs, measured like ``timeit``: the garbage collector is off while timing
-    (a collection in the middle of one run would bill it for earlier garbage) and nothing is
-    collected between runs (a forced full collection empties CPython's free lists, so the next run
-    would measure the allocator's cold start rather than the code)."""
-    times: list[float] = []
-    spent = 0.0
+def best_of_each(fns: Mapping[str, Callable[[], Any]], *, budget: float = 1.0, least: int = 5, batch_seconds: float = 0.02) -> dict[str, float]:
+    """The fastest run of each function, measured in alternation: rounds in which each function
+    runs a batch of consecutive runs (as many as fill about ``batch_seconds``), until each has had
+    ``budget`` seconds and ``least`` runs. A slow spell of the machine then lands on every
+    function, not on one, so the ratios between them hold from run to run.
+
+    Measured like ``timeit``: the garbage collector is off while timing (a collection in the
+    middle of one run would bill it for earlier garbage) and nothing is collected between runs (a
+    forced full collection empties CPython's free lists, so the next run would measure the
+    allocator's cold start rather than the code). Each function's first run sizes its batch and
+    is not counted."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     enabled = gc.isenabled()
     gc.disable()
     try:
-        while len(times) < least or (spent < budget and len(times) < most):
+        batch = {}
+        for name, fn in fns.items():
             start = time.perf_counter()
             fn()
-            elapsed = time.perf_counter() - start
-            times.append(elapsed)
-            spent += elapsed
+            batch[name] = max(1, int(batch_seconds / max(time.perf_counter() - start, 1e-9)))
+        while any(len(runs) < least or sum(runs) < budget for runs in times.values()):
+            for name, fn in fns.items():
+                for _ in range(batch[name]):
+                    start = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - start)
     finally:
         if enabled:
             gc.enable()
-    return min(times)
+    return {name: min(runs) for name, runs in times.items()}
 
 
 def peak_bytes(fn: Callable[[], Any]) -> int:
@@ -106,9 +116,11 @@ def measure(label: str, model: nn.Module, rules: Any, *, check_same_groups: bool
     rate = rules.config.layer_decay.rate
     if check_same_groups and not same_groups(plan.param_groups, timm_groups(model, rate)):
         raise SystemExit(f"{label}: timm's param groups differ from lwd-rules', the timings would compare different jobs")
-    floor = best_of(lambda: list(model.named_parameters()), budget=budget)
-    ours = best_of(lambda: resolve(model, rules), budget=budget)
-    anchor = best_of(lambda: timm_groups(model, rate), budget=budget)
+    best = best_of_each(
+        {"floor": lambda: list(model.named_parameters()), "ours": lambda: resolve(model, rules), "timm": lambda: timm_groups(model, rate)},
+        budget=budget,
+    )
+    floor, ours, anchor = best["floor"], best["ours"], best["timm"]
     memory = peak_bytes(lambda: resolve(model, rules)) / peak_bytes(lambda: list(model.named_parameters()))
     scales = {g["lr_scale"] for g in plan.param_groups}
     return {
@@ -133,14 +145,21 @@ def optimizer_scaling(sizes: list[int]) -> list[dict[str, Any]]:
     for size in sizes:
         with torch.device("meta"):
             model = many_blocks_model((size - 4) // 4)
-        seconds = best_of(lambda model=model: create_optimizer(model, rules), budget=6.0, least=3)
         optimizer = create_optimizer(model, rules)
-        resolve_seconds = best_of(lambda model=model: resolve(model, rules), budget=3.0, least=3)
-        floor = best_of(lambda model=model: list(model.named_parameters()), budget=3.0, least=3)
         groups = resolve(model, rules).optimizer_groups(1e-3)
-        # torch's own constructor on the same groups: its add_param_group checks every new group
-        # against all earlier ones, which is the part of create_optimizer lwd-rules does not run.
-        constructor = best_of(lambda groups=groups: torch.optim.AdamW([{**g, "params": list(g["params"])} for g in groups], lr=1e-3), budget=6.0, least=3)
+        best = best_of_each(
+            {
+                "create_optimizer": lambda model=model: create_optimizer(model, rules),
+                "resolve": lambda model=model: resolve(model, rules),
+                "floor": lambda model=model: list(model.named_parameters()),
+                # torch's own constructor on the same groups: its add_param_group checks every new
+                # group against all earlier ones, the part of create_optimizer lwd-rules does not run.
+                "torch": lambda groups=groups: torch.optim.AdamW([{**g, "params": list(g["params"])} for g in groups], lr=1e-3),
+            },
+            budget=3.0,
+            least=3,
+        )
+        seconds, resolve_seconds, floor, constructor = best["create_optimizer"], best["resolve"], best["floor"], best["torch"]
         out.append(
             {
                 "tensors": size,
@@ -218,7 +237,8 @@ def main() -> int:
         f"Generated by `make bench` (`python benchmarks/bench.py`): {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, "
         f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, torch {torch.__version__}, "
         f"timm {timm.__version__}, lwd-rules {lwd_rules.__version__}. Models on the meta device; rules loaded once; "
-        "times are the fastest of repeated runs (as many as fit in 1 s, 5 s on the synthetic model, at least 5) with the "
+        "times are the fastest of repeated runs, taken in alternation (rounds in which floor, lwd-rules and timm each run a batch, "
+        "until each has had 1 s of runs, 5 s on the synthetic model, and at least 5) with the "
         "garbage collector off, as `timeit` measures (docs/performance.md); "
         "every ratio compares figures measured in this same run.",
         "",
@@ -251,7 +271,7 @@ def main() -> int:
         f"{scaling[-1]['seconds'] / scaling[0]['seconds']:.1f}× in all, {scaling[-1]['resolve'] / scaling[0]['resolve']:.1f}× for resolve(), "
         f"{scaling[-1]['torch'] / scaling[0]['torch']:.1f}× for torch's constructor, and {scaling[-1]['floor'] / scaling[0]['floor']:.1f}× for "
         "the floor itself: on this machine even listing the parameters grows faster than the count (caches), so growth is judged "
-        "against the floor's. Each part is the fastest of as many runs as fit in 3–6 s (at least 3); the rest is what remains of the total, so it carries the noise of all three.",
+        "against the floor's. Each part is the fastest of its runs, taken in alternation with the others until each has had 3 s of runs (at least 3); the rest is what remains of the total, so it carries the noise of all three.",
         "",
         f"median lwd-rules ÷ floor over the models above: {statistics.median(r['vs_floor'] for r in rows):.2f}×",
         "",

@@ -654,7 +654,7 @@ class _Walk:
         }
         checked: set[type] = set()  # module classes known to walk like nn.Module
         seen_modules: set[int] = set()  # containers, for the checked walk
-        cycle_check = 1 << 16  # ids noted before the optimistic walk next looks for repeats (a cycle never ends): from 2**17
+        cycle_check = 1 << 16  # ids in a list up to 2**16, then in an array, looked over for repeats at 2**17, 2**18, ... (a cycle never ends)
         bucket_answer: Answer | None = None
         bucket: dict[float, list[Any]] = {}  # weight decay -> members, for bucket_answer
         # (module, prefix, canonical prefix, state inherited or Placed with its list, or None);
@@ -794,13 +794,13 @@ class _Walk:
         as frozen was met once, and none was left unmatched (a tied one might hide behind it).
 
         The ids, with those of the tensors ``_params()`` saw (it keeps them in ``self._seen``),
-        are counted in a set or, past 65,536 (``run`` then keeps them in an array), by
+        are counted in a set or, once ``run`` has moved them into an array (past 65,536), by
         ``torch.unique`` as one int64 tensor: a set of 100k ids costs several times as much, its
         table being larger than the cache."""
         if self.unmatched:
             return False
         met = self._met
-        if met.__class__ is list:  # fewer than 65,536: a set is quicker than a call into torch
+        if met.__class__ is list:  # a small model: a set is quicker than a call into torch
             return len(self._seen.union(met)) == len(met) + len(self._seen)
         import torch
 

@@ -588,6 +588,24 @@ def test_a_frozen_tensor_tied_outside_the_blocks_is_listed_once():
     assert {row.name for row in plan.params} == every | {"head.bias", "tail.bias"}
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_on_a_large_model_the_ids_are_looked_over_as_an_array(tie):
+    """Past 65,536 ids the optimistic walk keeps them in an array and verified() counts them with
+    torch.unique: a tensor tied between the first and the last block still makes it give way."""
+    from lwd_rules.testing import MANY_BLOCKS_RULES, many_blocks_model
+
+    with torch.device("meta"):
+        model = many_blocks_model(20_000)  # 80,004 tensors and 20,002 containers
+    if tie:
+        model.blocks[-1].fc.weight = model.blocks[0].fc.weight
+    held, (_, members, *_) = _walked(model, MANY_BLOCKS_RULES, optimistic=True)
+    assert held is not tie
+    if not tie:
+        assert sum(map(len, members)) == 80_004
+    plan = resolved(model, MANY_BLOCKS_RULES)
+    assert sum(len(group["params"]) for group in plan.param_groups) == 80_004 - tie
+
+
 @pytest.mark.parametrize(
     ("pattern", "places_a_list"),
     [
