@@ -607,7 +607,7 @@ class _Walk:
         self.frozen: list[str] = []
         self._frozen_answers: set[Answer] = set()
         self._frozen_by_name: list[tuple[Callable[[str], Answer | None], str]] = []  # evaluated only if N is needed
-        self._met: list[int] | array[int] = []  # the id of each container and tensor an optimistic walk met, for verified()
+        self._met: list[int] | array[int] = []  # the id of each tensor an optimistic walk grouped or listed, for verified()
         self.unmatched: list[tuple[str, str]] = []
         self.override_frozen: list[tuple[str, int]] = []  # (name, layer id)
         self.exclusion_used = [False] * len(self.exclusions)
@@ -629,9 +629,8 @@ class _Walk:
         ``optimistic``, when ``verified()`` would not hold.
 
         ``optimistic`` leaves out what almost no model needs: the per-parameter check for tied
-        parameters and the per-container check for shared ones (the walk only notes each id,
-        while the object is in the cache; ``verified()`` looks for repeats afterwards, in one C
-        loop, and now and then on the way, as a cycle would never end) and, below a module
+        parameters (the walk only notes each tensor's id, while the tensor is in the cache;
+        ``verified()`` looks for repeats afterwards, in one C loop) and, below a module
         whose answer holds for its whole subtree, the module names: such modules carry only the
         stub their weight decay is cached by (``_stub``), made from their own name. A frozen
         parameter there, having no name to be listed under, gives up the walk.
@@ -653,8 +652,8 @@ class _Walk:
             name.rsplit(".", cut)[0] for name in [*no_wd_leaves, *leads] for cut in range(name.count(".") + 1)
         }
         checked: set[type] = set()  # module classes known to walk like nn.Module
-        seen_modules: set[int] = set()  # containers, for the checked walk
-        cycle_check = 1 << 16  # ids in a list up to 2**16, then in an array, looked over for repeats at 2**17, 2**18, ... (a cycle never ends)
+        seen_modules: set[int] = set()  # containers (a leaf met twice is caught by its parameters)
+        move_at = 1 << 16  # the optimistic walk's ids: in a list up to 2**16, then in an array (see verified)
         bucket_answer: Answer | None = None
         bucket: dict[float, list[Any]] = {}  # weight decay -> members, for bucket_answer
         # (module, prefix, canonical prefix, state inherited or Placed with its list, or None);
@@ -664,21 +663,14 @@ class _Walk:
         while stack:
             module, prefix, cprefix, state = pop()
             children = module._modules
-            if children:  # a container met twice (shared, or a cycle) is walked once, or, by an
-                if optimistic:  # optimistic walk, makes it give up; a leaf met twice is caught by its parameters
-                    met(id(module))  # verified() looks for repeats, now and then while the walk is long
-                    if len(met_ids) > cycle_check:
-                        if met_ids.__class__ is list:  # a large model: its ids as raw numbers from now on
-                            met_ids = self._met = array("Q", met_ids)
-                            met = met_ids.append
-                        elif not self.verified():
-                            return False
-                        cycle_check *= 2
-                elif id(module) in seen_modules:
+            if children:  # a container met twice (shared, or a cycle) is walked once; a leaf met
+                if id(module) in seen_modules:  # twice adds nothing, its parameters being seen already
                     self.shared = True
                     continue
-                else:
-                    seen_modules.add(id(module))
+                seen_modules.add(id(module))
+                if len(met_ids) > move_at:  # a large model: its ids as raw numbers from now on
+                    met_ids = self._met = array("Q", met_ids)
+                    met, move_at = met_ids.append, 1 << 62
             kind = type(module)
             if kind not in checked:
                 if not walks_like_module(kind):
@@ -790,8 +782,8 @@ class _Walk:
         return not optimistic or self.verified()
 
     def verified(self) -> bool:
-        """What an optimistic walk assumed: each container and each parameter it grouped or listed
-        as frozen was met once, and none was left unmatched (a tied one might hide behind it).
+        """What an optimistic walk assumed: each parameter it grouped or listed as frozen was met
+        once, and none was left unmatched (a tied one might hide behind it).
 
         The ids, with those of the tensors ``_params()`` saw (it keeps them in ``self._seen``),
         are counted in a set or, once ``run`` has moved them into an array (past 65,536), by
@@ -877,7 +869,7 @@ class _Walk:
         return self._frozen_answers | {found for found in by_name if found is not None}
 
     def done(self) -> None:
-        """Drop what only the walk needed (every parameter's and container's id)."""
+        """Drop what only the walk needed (every parameter's id)."""
         self._seen = set()
         self._met = []
         self._wd_cache.clear()
