@@ -670,7 +670,7 @@ class _Walk:
                 seen_modules.add(id(module))
                 if len(met_ids) > move_at:  # a large model: its ids as raw numbers from now on
                     met_ids = self._met = array("Q", met_ids)
-                    met, move_at = met_ids.append, 1 << 62
+                    met, move_at = met_ids.append, 1 << 62  # moved once
             kind = type(module)
             if kind not in checked:
                 if not walks_like_module(kind):
