@@ -211,8 +211,8 @@ def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[
     lists, pending = _matching_children(count.pattern, candidates)
     if count.pattern.groups == 1:
         best = max((int(g) for (g,) in matched if g is not None and g.isdecimal()), default=-1)
-        for _, children in lists:
-            best = _highest_holding(children, best)
+        for _, children, names in lists:
+            best = _highest_holding(children, names, best)
         ranked = [(value, module) for (g,), module in pending if g is not None and g.isdecimal() and (value := int(g)) > best]
         ranked.sort(key=_first, reverse=True)
         best = next((value for value, module in ranked if _holds_any(module)), best)
@@ -222,10 +222,10 @@ def _count_value(count: Count, texts: Iterable[str], candidates: Sequence[tuple[
         if all(g is not None and g.isdecimal() for g in groups):
             outer, inner = int(groups[0]), int(groups[1])
             per[outer] = max(per.get(outer, 0), inner + 1)
-    for (outer_text,), children in lists:
+    for (outer_text,), children, names in lists:
         if outer_text is not None and outer_text.isdecimal():
             outer = int(outer_text)
-            highest = _highest_holding(children, per.get(outer, 0) - 1)
+            highest = _highest_holding(children, names, per.get(outer, 0) - 1)
             if highest >= 0:
                 per[outer] = highest + 1
     ranked_pairs = sorted(
@@ -243,21 +243,22 @@ _first = operator.itemgetter(0)
 
 def _matching_children(
     pattern: re.Pattern[str], candidates: Sequence[tuple[str, Mapping[str, Any]]]
-) -> tuple[list[tuple[tuple[str | None, ...], Mapping[str, Any]]], list[tuple[tuple[str | None, ...], Any]]]:
+) -> tuple[list[tuple[tuple[str | None, ...], Mapping[str, Any], list[str]]], list[tuple[tuple[str | None, ...], Any]]]:
     """What a ``PREFIX`` pattern matches among the children of the (dot, children) ``candidates``,
-    probed as ``dot + name + "."``: (head, children) for a list of blocks whose decimal children it
-    all matches with the groups ``(*head, name)`` (one search, see ``ends_in_component``), and
-    (groups, child) for each other child it matches."""
+    probed as ``dot + name + "."``: (head, children, decimal names) for a list of blocks whose
+    decimal children it all matches with the groups ``(*head, name)`` (one search, see
+    ``ends_in_component``), and (groups, child) for each other child it matches."""
     search = pattern.search
     component, dots = ends_in_component(pattern), prefix_dots(pattern)
-    lists: list[tuple[tuple[str | None, ...], Mapping[str, Any]]] = []
+    lists: list[tuple[tuple[str | None, ...], Mapping[str, Any], list[str]]] = []
     pending: list[tuple[tuple[str | None, ...], Any]] = []
     for dot, children in candidates:
         if component and dot.count(".") == dots - 1:
             found = search(dot + "0.")
+            decimal = list(children) if _all_decimal(children) else list(filter(str.isdecimal, children))
             if found is not None:
-                lists.append((found.groups()[:-1], children))
-            if not _all_decimal(children):
+                lists.append((found.groups()[:-1], children, decimal))
+            if len(decimal) < len(children):
                 pending += [(m.groups(), child) for name in itertools.filterfalse(str.isdecimal, children) if (child := children[name]) is not None and (m := search(f"{dot}{name}.")) is not None]
         else:
             pending += [(m.groups(), child) for name, child in children.items() if child is not None and (m := search(f"{dot}{name}.")) is not None]
@@ -269,10 +270,9 @@ def _all_decimal(names: Mapping[str, Any]) -> bool:
     return "" not in names and "".join(names).isdecimal()
 
 
-def _highest_holding(children: Mapping[str, Any], above: int) -> int:
-    """The highest decimal name above ``above`` among ``children`` whose child holds a parameter
-    (else ``above``): the highest is nearly always it, found without sorting."""
-    names = list(children) if _all_decimal(children) else list(filter(str.isdecimal, children))
+def _highest_holding(children: Mapping[str, Any], names: list[str], above: int) -> int:
+    """The highest of the decimal ``names`` above ``above`` whose child holds a parameter (else
+    ``above``): the highest is nearly always it, found without sorting."""
     if not names:
         return above
     top = max(names, key=int)
