@@ -11,7 +11,7 @@ import warnings
 from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lwd_rules import scaling
 from lwd_rules.errors import Location, Problem, RuleError
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from lwd_rules.plugins import Registry
 
 MAX_LISTED = 10
+_T = TypeVar("_T")
 
 
 class LwdRulesWarning(UserWarning):
@@ -884,16 +885,30 @@ class _Walk:
     def rows(self, wanted: Collection[int] | None = None) -> Iterator[tuple[str, str, Any, int]]:
         """``(name, canonical name, tensor, key index)`` of the grouped parameters (of the keys in
         ``wanted``), in model order: a second walk, for reports and ``plan.params``."""
-        key_of = {id(param): k for k, params in enumerate(self.members) if wanted is None or k in wanted for param in params}
-        seen: set[int] = set()
+        key_of = self._key_of(wanted)
         for prefix, cprefix, params, _, _ in collect_modules(self.model, self.strip):
             for leaf, param in params.items():
-                if param is None or id(param) in seen:
-                    continue
-                seen.add(id(param))
-                k = key_of.get(id(param))
+                k = key_of.pop(id(param), None)  # popped: a tensor met again further on is not listed again
                 if k is not None:
                     yield join_name(prefix, leaf), join_name(cprefix, leaf), param, k
+
+    def canonical_keys(self, wanted: Collection[int]) -> list[tuple[str, int]]:
+        """``(canonical name, key index)`` of what ``rows(wanted)`` lists, in the same order: all
+        ``Plan.fingerprint`` needs, without the generator, the raw names and the tensors."""
+        key_of = self._key_of(wanted)
+        out = []
+        for _, cprefix, params, _, _ in collect_modules(self.model, self.strip):
+            if params:
+                dot = f"{cprefix}." if cprefix else ""
+                for leaf, param in params.items():
+                    k = key_of.pop(id(param), None)
+                    if k is not None:
+                        out.append((dot + leaf, k))
+        return out
+
+    def _key_of(self, wanted: Collection[int] | None) -> dict[int, int]:
+        """Each grouped tensor's id, mapped to its key index (keys in ``wanted`` only)."""
+        return {id(param): k for k, params in enumerate(self.members) if wanted is None or k in wanted for param in params}
 
     def _stub(self, cprefix: str) -> str:
         """A stand-in prefix that every cacheable exclude entry answers as it answers ``cprefix``:
@@ -961,10 +976,15 @@ class _Rows(Sequence[ParamRow]):
     def _walked(self) -> list[tuple[str, str, Any, int]]:
         """``(name, canonical name, tensor, key)`` of every grouped parameter, from a second walk of
         the model, which must still hold the parameters it held at ``resolve()``."""
-        walk, final, _, _ = self._source
-        grouped = {k for k, group in enumerate(final) if group >= 0}
-        walked = list(walk.rows(grouped))
-        if len(walked) != sum(len(walk.members[k]) for k in grouped):
+        walk, grouped = self._source[0], self._grouped()
+        return self._complete(list(walk.rows(grouped)), grouped)
+
+    def _grouped(self) -> set[int]:
+        return {k for k, group in enumerate(self._source[1]) if group >= 0}
+
+    def _complete(self, walked: list[_T], grouped: set[int]) -> list[_T]:
+        """``walked``, once it is known to list every grouped parameter."""
+        if len(walked) != sum(len(self._source[0].members[k]) for k in grouped):
             raise RuntimeError("the model's parameters changed after resolve(): resolve it again to list them")
         return walked
 
@@ -994,11 +1014,9 @@ class _Rows(Sequence[ParamRow]):
         if self._rows is not None:
             canonical = canonicalizer(walk.strip)
             return [[canonical(r.name), r.layer_id, repr(r.lr_scale), repr(r.weight_decay), r.group] for r in self._rows]
-        entries: dict[int, tuple[Any, ...]] = {}
-        for k, group in enumerate(final):
-            if group >= 0:
-                entries[k] = (walk.keys[k][0], repr(groups[group]["lr_scale"]), repr(walk.keys[k][2]), groups[group]["group_name"])
-        return [[canon, *entries[k]] for _, canon, _, k in self._walked()]
+        grouped = self._grouped()
+        entries = {k: (walk.keys[k][0], repr(groups[final[k]]["lr_scale"]), repr(walk.keys[k][2]), groups[final[k]]["group_name"]) for k in grouped}
+        return [[canon, *entries[k]] for canon, k in self._complete(walk.canonical_keys(grouped), grouped)]
 
     def __len__(self) -> int:
         return len(self._built())

@@ -364,15 +364,6 @@ def test_a_rule_that_matches_only_the_second_place_of_a_shared_module_is_unused(
         run(model, rules)
 
 
-def test_the_fingerprint_is_the_same_with_or_without_the_rows_built():
-    registry = new_registry()
-    rules = load_rules(COUNTED, registry=registry)
-    fresh = resolve(grn_model(), rules, registry=registry)
-    listed = resolve(grn_model(), rules, registry=registry)
-    assert len(listed.params) == 9  # rows built: the fingerprint reads them
-    assert fresh.fingerprint() == listed.fingerprint()
-
-
 def _walked(model: nn.Module, rules, optimistic: bool):
     """One walk of ``model`` (optimistic or with every check), as comparable values."""
     from lwd_rules.identify import LayerIdentifier
@@ -939,3 +930,41 @@ def test_a_leaf_met_again_where_the_formula_fails_is_not_evaluated():
     model.blocks = nn.ModuleList([nn.Linear(2, 2, bias=False) for _ in range(4)])
     model.blocks[3] = model.blocks[0]
     assert {row.name: row.layer_id for row in resolved(model, rules).params} == {"blocks.0.weight": 1, "blocks.1.weight": 2, "blocks.2.weight": 3}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        _wrapped_model,
+        _peft_like_model,
+        _frozen_and_tied_outside_blocks,
+        _tied_inside_a_block,
+        _leaf_shared_by_two_blocks,
+        _container_shared_by_two_blocks,
+        _cycle_through_named_modules,
+    ],
+)
+def test_the_fingerprint_reads_a_walk_or_the_built_rows_alike(build):
+    """Without rows, the fingerprint walks the model for canonical names and keys only; with rows
+    built, it reads them. Both list each trainable tensor once, under its first name, in model order."""
+    registry = new_registry()
+    rules = load_rules(TAIL_RULES, registry=registry)
+    model = build()
+    fresh = resolve(model, rules, registry=registry)
+    listed = resolve(model, rules, registry=registry)
+    first_names = [name for name, param in model.named_parameters() if param.requires_grad]
+    assert [row.name for row in listed.params] == first_names  # rows built
+    # canonical: PEFT's leading base_model.model and the wrapper component "module" cut off
+    canonical = [name.removeprefix("base_model.model.").replace(".module.", ".") for name in first_names]
+    assert [entry[0] for entry in fresh.params.assignments()] == canonical  # type: ignore[attr-defined]
+    assert fresh.params.assignments() == listed.params.assignments()  # type: ignore[attr-defined]
+    assert fresh.fingerprint() == listed.fingerprint()
+
+
+def test_the_fingerprint_after_the_model_changed_is_an_error_not_a_wrong_hash():
+    model = blocks_model()
+    registry = new_registry()
+    plan = resolve(model, load_rules(COUNTED, registry=registry), registry=registry)
+    model.head = nn.Linear(2, 1)
+    with pytest.raises(RuntimeError, match=r"changed after resolve\(\)"):
+        plan.fingerprint()
