@@ -1,4 +1,4 @@
-"""A guard against accidental quadratic paths in resolve(): it counts work, it times nothing.
+"""A guard against accidental quadratic paths in resolve() and create_optimizer(): it counts work, it times nothing.
 
 On models of 10,000 and 100,000 parameter tensors the number of rule evaluations per module,
 formula evaluations, weight-decay tests and groups must stay within bounds proportional to the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lwd_rules import load_rules, resolve
+from lwd_rules import create_optimizer, load_rules, resolve
 from lwd_rules.expr import Formula
 from lwd_rules.grouping import Grouper
 from lwd_rules import identify
@@ -72,3 +72,24 @@ def test_work_is_linear_in_modules_and_groups_are_bounded(monkeypatch, blocks):
     assert groups <= 2 * 26
     # Grouping gets one key per (layer id, weight decay) the walk met, not one per parameter.
     assert calls["keys"] <= 2 * 26 + 2
+
+
+def test_create_optimizer_hashes_each_tensor_as_often_at_100k_tensors_as_at_10k(monkeypatch):
+    """The whole of create_optimizer(), torch's constructor included, does linear work. torch
+    hashes each new group's tensors twice (a set to find repeats in it, one to compare with the
+    earlier groups) and every earlier group's once more, so its hashes per tensor follow the
+    number of groups, which stays fixed; lwd-rules keys tensors by id and hashes none itself."""
+    rules = load_rules(MANY_BLOCKS_RULES, registry=new_registry())
+    per_tensor = {}
+    for blocks in (2_500, 25_000):
+        with torch.device("meta"):
+            model = many_blocks_model(blocks)
+        calls: dict[str, int] = {}
+        with monkeypatch.context() as patch:
+            counted(patch, torch.Tensor, "__hash__", calls)
+            optimizer = create_optimizer(model, rules, registry=new_registry())
+        sizes = [len(group["params"]) for group in optimizer.param_groups]
+        assert len(sizes) == 52 and sum(sizes) == 4 * blocks + 4
+        assert calls["__hash__"] == sum(2 * size + sum(sizes[:k]) for k, size in enumerate(sizes))
+        per_tensor[blocks] = calls["__hash__"] / sum(sizes)
+    assert per_tensor[2_500] == pytest.approx(per_tensor[25_000], rel=1e-3)
