@@ -35,7 +35,7 @@ from lwd_rules.identify import (
     strip_parts,
     walks_like_module,
 )
-from lwd_rules.plan import Convention, ParamRow, Plan, Skipped
+from lwd_rules.plan import Convention, ParamRow, Plan, Setting, Skipped, row_assignments
 from lwd_rules.expr import parse_formula
 from lwd_rules.rules.load import Source, extend, load_rules, rebase
 from lwd_rules.rules.ruleset import Located, RuleSet
@@ -892,19 +892,21 @@ class _Walk:
                 if k is not None:
                     yield join_name(prefix, leaf), join_name(cprefix, leaf), param, k
 
-    def canonical_keys(self, wanted: Collection[int]) -> list[tuple[str, int]]:
-        """``(canonical name, key index)`` of what ``rows(wanted)`` lists, in the same order: all
-        ``Plan.fingerprint`` needs, without the generator, the raw names and the tensors."""
+    def canonical_keys(self, wanted: Collection[int]) -> tuple[list[str], list[int]]:
+        """The canonical name and the key index of each tensor ``rows(wanted)`` lists, in the same
+        order: all ``Plan.fingerprint`` needs, without the generator, the raw names and the tensors."""
         key_of = self._key_of(wanted)
-        out = []
+        names: list[str] = []
+        keys: list[int] = []
         for _, cprefix, params, _, _ in collect_modules(self.model, self.strip):
             if params:
                 dot = f"{cprefix}." if cprefix else ""
                 for leaf, param in params.items():
                     k = key_of.pop(id(param), None)
                     if k is not None:
-                        out.append((dot + leaf, k))
-        return out
+                        names.append(dot + leaf)
+                        keys.append(k)
+        return names, keys
 
     def _key_of(self, wanted: Collection[int] | None) -> dict[int, int]:
         """Each grouped tensor's id, mapped to its key index (keys in ``wanted`` only)."""
@@ -1007,16 +1009,19 @@ class _Rows(Sequence[ParamRow]):
         self._built()
         return self._tensors
 
-    def assignments(self) -> list[list[Any]]:
-        """``[canonical name, layer id, repr(lr scale), repr(weight decay), group]`` per row, for
-        ``Plan.fingerprint``: from the built rows when there are some, else straight from a walk."""
+    def assignments(self) -> tuple[list[str], list[Setting], list[int]]:
+        """``row_assignments`` of these rows: from the built rows when there are some, else from a
+        walk for names and key indices only, which never makes a setting per parameter."""
         walk, final, groups, _ = self._source
         if self._rows is not None:
-            canonical = canonicalizer(walk.strip)
-            return [[canonical(r.name), r.layer_id, repr(r.lr_scale), repr(r.weight_decay), r.group] for r in self._rows]
+            return row_assignments(self._rows, canonicalizer(walk.strip))
         grouped = self._grouped()
-        entries = {k: (walk.keys[k][0], repr(groups[final[k]]["lr_scale"]), repr(walk.keys[k][2]), groups[final[k]]["group_name"]) for k in grouped}
-        return [[canon, *entries[k]] for canon, k in self._complete(walk.canonical_keys(grouped), grouped)]
+        names, keys = walk.canonical_keys(grouped)
+        self._complete(names, grouped)
+        setting_of = {k: (walk.keys[k][0], repr(groups[final[k]]["lr_scale"]), repr(walk.keys[k][2]), groups[final[k]]["group_name"]) for k in grouped}
+        table = sorted(set(setting_of.values()))
+        index_of_key = {k: table.index(setting) for k, setting in setting_of.items()}
+        return names, table, [index_of_key[k] for k in keys]
 
     def __len__(self) -> int:
         return len(self._built())

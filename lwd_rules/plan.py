@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from lwd_rules.errors import Problem
@@ -101,14 +101,15 @@ class Plan:
         """
         assignments = getattr(self.params, "assignments", None)  # the same lists, without building rows
         if assignments is None:
-            canonical = canonicalizer(self.rules.strip_components)
-            params = [[canonical(r.name), r.layer_id, repr(r.lr_scale), repr(r.weight_decay), r.group] for r in self.params]
+            names, table, settings_index = row_assignments(self.params, canonicalizer(self.rules.strip_components))
         else:
-            params = assignments()
+            names, table, settings_index = assignments()
         payload = {
             "rules": self.rules.data,
             "groups": [[g["group_name"], repr(g["lr_scale"]), repr(g["weight_decay"])] for g in self.param_groups],
-            "params": params,
+            "names": names,
+            "settings": table,
+            "setting_of_each_name": settings_index,
         }
         text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -134,3 +135,20 @@ class Plan:
                 entry["initial_lr"] = lr
             out.append(entry)
         return out
+
+
+Setting = tuple[int, str, str, str]
+
+
+def row_assignments(rows: Iterable[ParamRow], canonical: Callable[[str], str]) -> tuple[list[str], list[Setting], list[int]]:
+    """What ``Plan.fingerprint`` hashes, from rows: each one's canonical name; the distinct
+    settings ``(layer id, repr(lr scale), repr(weight decay), group)``, sorted; and each row's
+    index into them (a short list of settings and one number per row hash faster than a setting per row)."""
+    names = []
+    settings = []
+    for row in rows:
+        names.append(canonical(row.name))
+        settings.append((row.layer_id, repr(row.lr_scale), repr(row.weight_decay), row.group))
+    table = sorted(set(settings))
+    index = {setting: i for i, setting in enumerate(table)}
+    return names, table, [index[setting] for setting in settings]

@@ -956,7 +956,7 @@ def test_the_fingerprint_reads_a_walk_or_the_built_rows_alike(build):
     assert [row.name for row in listed.params] == first_names  # rows built
     # canonical: PEFT's leading base_model.model and the wrapper component "module" cut off
     canonical = [name.removeprefix("base_model.model.").replace(".module.", ".") for name in first_names]
-    assert [entry[0] for entry in fresh.params.assignments()] == canonical  # type: ignore[attr-defined]
+    assert fresh.params.assignments()[0] == canonical  # type: ignore[attr-defined]
     assert fresh.params.assignments() == listed.params.assignments()  # type: ignore[attr-defined]
     assert fresh.fingerprint() == listed.fingerprint()
 
@@ -968,3 +968,20 @@ def test_the_fingerprint_after_the_model_changed_is_an_error_not_a_wrong_hash():
     model.head = nn.Linear(2, 1)
     with pytest.raises(RuntimeError, match=r"changed after resolve\(\)"):
         plan.fingerprint()
+
+
+def test_the_fingerprint_tells_apart_plans_that_differ_only_in_names_or_in_one_setting():
+    registry = new_registry()
+    rules = load_rules(TAIL_RULES, registry=registry)
+    model = _wrapped_model()
+    renamed = _wrapped_model()
+    renamed.blocks[1].gnorm = renamed.blocks[1].grn  # same tensors, settings and groups, another name
+    del renamed.blocks[1].grn
+    plan, other_names = resolve(model, rules, registry=registry), resolve(renamed, rules, registry=registry)
+    assert [len(g["params"]) for g in plan.param_groups] == [len(g["params"]) for g in other_names.param_groups]
+    assert plan.fingerprint() != other_names.fingerprint()
+    list(other_names.params)  # rows built: the fingerprint reads them, and still tells the names apart
+    assert plan.fingerprint() != other_names.fingerprint()
+    undecayed = _wrapped_model()
+    undecayed.blocks[1].module[0].weight = nn.Parameter(torch.zeros(2))  # 1-d: same rules and names, its decay goes
+    assert plan.fingerprint() != resolve(undecayed, rules, registry=registry).fingerprint()
