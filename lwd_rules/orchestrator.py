@@ -709,66 +709,50 @@ class _Walk:
                     else:
                         self._params(params, prefix, cprefix, answer, kind)
                         params = None
-            # What to group here, each (parameters, stub, class, model.no_weight_decay() leaves, prefix):
-            # the module's own, and in a subtree with one answer its leaf children's, taken in
-            # order rather than pushed (a block's layers: most modules of a large model).
-            units: Any = ((params, stub, kind, module_no_wd, prefix),) if params else ()
-            if by_stub and children:
-                leaves = []
-                for name, child in children.items():
-                    if child is None:
-                        continue
-                    if child._modules or type(child) not in checked or name in strip:
-                        break  # not a plain leaf of a known class: pushed below
-                    if child._parameters:
-                        leaves.append((child._parameters, "x." if not tail else "x.." if blanks is not None and name not in blanks else f"x.{name}.", type(child), (), None))
-                else:
-                    units, children = (*units, *leaves), None
-            if units:  # the common case: nothing here needs the full name
+            if params:  # the common case: nothing here needs the full name
                 if answer is not bucket_answer:
                     bucket_answer, bucket = answer, {}
-                for unit_params, unit_stub, unit_kind, unit_no_wd, unit_prefix in units:
-                    for leaf, param in unit_params.items():
-                        if param is None:
+                for leaf, param in params.items():
+                    if param is None:
+                        continue
+                    if optimistic:
+                        met(id(param))  # while the tensor is in the cache; verified() looks for repeats
+                        if not param.requires_grad:  # read here too
+                            if prefix is None:  # no name to list it under: walk again with every check
+                                return False
+                            self.frozen.append(join_name(prefix, leaf))
+                            self._frozen_answers.add(answer)
                             continue
-                        if optimistic:
-                            met(id(param))  # while the tensor is in the cache; verified() looks for repeats
-                            if not param.requires_grad:  # read here too
-                                if unit_prefix is None:  # no name to list it under: walk again with every check
-                                    return False
-                                self.frozen.append(join_name(unit_prefix, leaf))
-                                self._frozen_answers.add(answer)
-                                continue
+                    else:
+                        pid = id(param)
+                        if pid in seen:
+                            self.shared = True  # tied, or a shared leaf module
+                            continue
+                        seen_add(pid)
+                        if not param.requires_grad:
+                            self.frozen.append(join_name(prefix, leaf))  # type: ignore[arg-type]
+                            self._frozen_answers.add(answer)
+                            continue
+                    if leaf in module_no_wd:
+                        wd = 0.0
+                    else:
+                        wd_key = (stub, leaf, param.ndim, kind)
+                        wd = wd_cache.get(wd_key)  # type: ignore[assignment]
+                        if wd is None:
+                            wd = wd_cache[wd_key] = self._weight_decay(stub + leaf, wd_key[2], class_names(kind), mark_all=True)
+                    target = bucket.get(wd)
+                    if target is None:  # first parameter of this answer with this weight decay
+                        key = (answer, wd, 1.0)
+                        k = key_index.get(key)
+                        if k is None:  # a new key (as _key makes it)
+                            key_index[key] = len(keys)
+                            keys.append((answer[0], answer[1], wd, 1.0))
+                            target = []
+                            members.append(target)
                         else:
-                            pid = id(param)
-                            if pid in seen:
-                                self.shared = True  # tied, or a shared leaf module
-                                continue
-                            seen_add(pid)
-                            if not param.requires_grad:
-                                self.frozen.append(join_name(unit_prefix, leaf))
-                                self._frozen_answers.add(answer)
-                                continue
-                        if leaf in unit_no_wd:
-                            wd = 0.0
-                        else:
-                            wd_key = (unit_stub, leaf, param.ndim, unit_kind)
-                            wd = wd_cache.get(wd_key)  # type: ignore[assignment]
-                            if wd is None:
-                                wd = wd_cache[wd_key] = self._weight_decay(unit_stub + leaf, wd_key[2], class_names(unit_kind), mark_all=True)
-                        target = bucket.get(wd)
-                        if target is None:  # first parameter of this answer with this weight decay
-                            key = (answer, wd, 1.0)
-                            k = key_index.get(key)
-                            if k is None:  # a new key (as _key makes it)
-                                key_index[key] = len(keys)
-                                keys.append((answer[0], answer[1], wd, 1.0))
-                                target = []
-                                members.append(target)
-                            else:
-                                target = members[k]
-                            bucket[wd] = target
-                        target.append(param)
+                            target = members[k]
+                        bucket[wd] = target
+                    target.append(param)
             if not children:
                 continue
             # Children with neither parameters nor children (activations, dropouts, identities:
