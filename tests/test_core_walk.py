@@ -6,7 +6,7 @@ Every expectation is written out by hand from the model's structure.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -985,3 +985,69 @@ def test_the_fingerprint_tells_apart_plans_that_differ_only_in_names_or_in_one_s
     undecayed = _wrapped_model()
     undecayed.blocks[1].module[0].weight = nn.Parameter(torch.zeros(2))  # 1-d: same rules and names, its decay goes
     assert plan.fingerprint() != resolve(undecayed, rules, registry=registry).fingerprint()
+
+
+class ListsItsOwn(nn.Linear):
+    """A leaf class with its own ``named_parameters``: the walk must not take it as nn.Module would."""
+
+    def named_parameters(self, *args, **kwargs):  # type: ignore[override]
+        return super().named_parameters(*args, **kwargs)
+
+
+def _leaf_blocks_model(blocks: int = 6) -> nn.Module:
+    """``stem``, then blocks holding only leaves (``fc``, an activation and ``norm``), then ``head``:
+    the blocks the walk groups where it meets the list, in order, without pushing them."""
+    model = nn.Module()
+    model.stem = nn.Linear(2, 2)
+    model.blocks = nn.ModuleList(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.LayerNorm(2)) for _ in range(blocks))
+    model.head = nn.Linear(2, 2)
+    return model
+
+
+def _leaf_blocks_with(change) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        model = _leaf_blocks_model()
+        change(model)
+        return model
+
+    return build
+
+
+LEAF_RULES = {
+    **COUNTED,
+    "layers": {**COUNTED["layers"], "rules": [{"match": r"^stem\.", "layer": 0}, *COUNTED["layers"]["rules"]]},
+    "weight_decay": {"value": 0.1, "exclude": ["ndim<=1", {"pattern": "*.0.bias", "allow_unused": True}]},
+}
+
+
+@pytest.mark.parametrize(
+    ("build", "holds"),
+    [
+        (_leaf_blocks_model, True),
+        # from the third block on, a block with a container: the rest are pushed, in order
+        (_leaf_blocks_with(lambda m: m.blocks[2].append(nn.Sequential(nn.Linear(2, 2)))), True),
+        (_leaf_blocks_with(lambda m: m.blocks.insert(3, nn.ReLU())), True),  # a block holding nothing
+        (_leaf_blocks_with(lambda m: m.blocks[1].__setitem__(0, ListsItsOwn(2, 2))), False),  # a leaf class that lists its own
+        (_leaf_blocks_with(lambda m: m.blocks[4].add_module("module", nn.Linear(2, 2))), True),  # a wrapper component inside
+        (_leaf_blocks_with(lambda m: m.blocks[4][2].weight.requires_grad_(False)), False),  # frozen: no name to list it under
+        (_leaf_blocks_with(lambda m: m.blocks[5].__setitem__(0, m.blocks[0][0])), False),  # a leaf shared by two blocks
+        (_leaf_blocks_with(lambda m: m.blocks.append(m.blocks[1])), True),  # one block twice in the list
+    ],
+    ids=["leaves-only", "container-in-block-2", "empty-block", "own-named_parameters", "wrapper-leaf", "frozen", "shared-leaf", "block-twice"],
+)
+def test_blocks_of_leaves_are_grouped_in_order_as_the_checked_walk_groups_them(build, holds):
+    """Where the optimistic walk holds, it gives what the checked walk gives (keys, the tensors of
+    each in model order, used entries); where it cannot, it gives way. Either way the plan lists
+    what named_parameters() lists, less what is frozen, and places block i at layer i + 1 (a class
+    with its own named_parameters() is walked through it, by neither walk)."""
+    model = build()
+    fast_held, fast = _walked(model, LEAF_RULES, optimistic=True)
+    checked_held, checked = _walked(model, LEAF_RULES, optimistic=False)
+    assert fast_held is holds
+    if holds:
+        assert checked_held and fast == checked
+    rows = run(model, LEAF_RULES)
+    assert list(rows) == [name for name, param in model.named_parameters() if param.requires_grad]
+    for name, (layer_id, _, _) in rows.items():
+        if name.startswith("blocks."):
+            assert layer_id == int(name.split(".")[1]) + 1, name
